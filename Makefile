@@ -1,0 +1,48 @@
+# sluice — `make dev` starts the whole suite locally; `make test` runs every check.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test check lint format typecheck unit integration bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+dev: $(STAMP) ## Start NATS, Redis and the four services on this machine (Ctrl-C stops)
+	$(BIN)/sluice dev
+
+test: check ## Format check, lint, types, then every test (unit, integration, deploy)
+	$(BIN)/python -m pytest
+
+check: lint typecheck ## Static checks only
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Apply ruff's formatting and fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP) ## mypy, strict
+	$(BIN)/mypy
+
+unit: $(STAMP) ## Unit tests only (no servers)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP) ## End-to-end tests against real processes
+	$(BIN)/python -m pytest tests/integration
+
+bench: $(STAMP) ## Benchmark: starts its own suite unless --gateway is given (see `sluice bench -h`)
+	$(BIN)/sluice bench $(ARGS)
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Public request and response bodies of the HTTP and WebSocket contract.
+
+Validation is decoding: constraints live on the types, so a bad body fails in
+:func:`decode_request` with msgspec's precise message, which becomes the 400's text.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from libs.common.errors import InvalidRequest
+
+Status = Literal["queued", "running", "completed", "cancelled", "superseded", "abandoned", "failed"]
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {"completed", "cancelled", "superseded", "abandoned", "failed"}
+)
+
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Shape of the simulated model's answer; every field optional."""
+
+    ttft_ms: Annotated[int, Meta(ge=0, le=120_000)] = 300
+    tokens_per_s: Annotated[float, Meta(gt=0, le=1_000_000)] = 50.0
+    tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
+    seed: int = 0
+
+
+class ContentPart(msgspec.Struct, frozen=True):
+    type: str
+    text: str = ""
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[ContentPart]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if part.type == "text")
+
+
+class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Body of ``POST /v1/streams`` and of a WebSocket ``submit`` frame."""
+
+    model: Name = "sim"
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=1024)] | None = None
+    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] = 256
+    conversation_id: Name | None = None
+    supersede: bool | None = None
+    debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
+    abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
+    metadata: dict[str, Any] = {}
+    sim: SimParams | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of `prompt` and `messages` is required")
+
+    @property
+    def prompt_text(self) -> str:
+        """The text the simulated model answers: the prompt, or the messages joined."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(f"{m.role}: {m.text}" for m in self.messages or ())
+
+    def chat_messages(self) -> list[Message]:
+        if self.messages is not None:
+            return self.messages
+        return [Message(role="user", content=self.prompt or "")]
+
+    def resolved_supersede(self) -> bool:
+        return self.conversation_id is not None and self.supersede is not False
+
+    def resolved_abandon_after_s(self, default: float) -> float | None:
+        return default if isinstance(self.abandon_after_s, UnsetType) else self.abandon_after_s
+
+
+class CreatedStream(msgspec.Struct):
+    """201 answer of ``POST /v1/streams``."""
+
+    id: str
+    status: Status
+    token: str
+    events_url: str
+    control_url: str
+    position: int | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+_request_decoder = msgspec.json.Decoder(StreamRequest)
+
+
+def decode_request(body: bytes) -> StreamRequest:
+    """Decode and validate a stream request, raising :class:`InvalidRequest` with the reason."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def convert_request(fields: dict[str, Any]) -> StreamRequest:
+    """Validate an already-parsed object (a WebSocket frame's fields) as a stream request."""
+    try:
+        return msgspec.convert(fields, StreamRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+class StreamInfo(msgspec.Struct, omit_defaults=True):
+    """Answer of ``GET /v1/streams/{id}``."""
+
+    id: str
+    status: str
+    model: str
+    tokens: int
+    created_at: float
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    conversation_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    tokens_after_cancel: int | None = None
+    cancel_to_stop_ms: float | None = None
+    tokens_unread: int | None = None
+    error: ErrorBody | None = None
+
+
+Ref = Annotated[str, Meta(max_length=128)] | None
+StreamRef = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class ControlFrame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of the client → server frames on ``/v1/control``."""
+
+
+class SubmitFrame(StreamRequest, tag_field="type", tag="submit", frozen=True):
+    ref: Ref = None
+
+
+class CancelFrame(ControlFrame, tag="cancel", frozen=True):
+    stream_id: StreamRef
+    ref: Ref = None
+
+
+class FeedbackFrame(ControlFrame, tag="feedback", frozen=True):
+    stream_id: StreamRef
+    rating: Literal[1, -1]
+    comment: Annotated[str, Meta(max_length=4000)] = ""
+    ref: Ref = None
+
+
+class PaceFrame(ControlFrame, tag="pace", frozen=True):
+    stream_id: StreamRef
+    max_events_per_s: Annotated[float, Meta(gt=0, le=10_000)]
+    ref: Ref = None
+
+
+class PingFrame(ControlFrame, tag="ping", frozen=True):
+    ref: Ref = None
+
+
+ClientFrame = SubmitFrame | CancelFrame | FeedbackFrame | PaceFrame | PingFrame
+_frame_decoder = msgspec.json.Decoder(ClientFrame)
+
+
+def decode_frame(text: str | bytes) -> ClientFrame:
+    """Decode one control frame; a malformed one raises :class:`InvalidRequest`."""
+    try:
+        frame: ClientFrame = _frame_decoder.decode(text)
+        return frame
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(str(exc)) from None

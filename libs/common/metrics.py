@@ -1,0 +1,99 @@
+"""The catalogue of sluice's instruments: every service records into these.
+
+Instruments are created on the global (proxy) meter at import, so they bind to
+whatever provider :func:`libs.common.telemetry.setup_telemetry` installs later.
+Prometheus names follow: ``sluice.runner.ttft`` in seconds is ``sluice_runner_ttft_seconds``.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import metrics
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+RATE_BUCKETS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 20000.0)
+
+HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
+    "sluice.runner.ttft": LATENCY_BUCKETS_S,
+    "sluice.runner.inter_token": LATENCY_BUCKETS_S,
+    "sluice.runner.tokens_per_s": RATE_BUCKETS,
+    "sluice.runner.stream_duration": DURATION_BUCKETS_S,
+    "sluice.streamer.first_frame": LATENCY_BUCKETS_S,
+    "sluice.streamer.delivery_lag": LATENCY_BUCKETS_S,
+    "sluice.cancel_to_stop": LATENCY_BUCKETS_S,
+    "sluice.coordinator.queue_wait": DURATION_BUCKETS_S,
+}
+
+_meter = metrics.get_meter("sluice")
+
+streams_submitted = _meter.create_counter(
+    "sluice.streams.submitted", description="Streams admitted"
+)
+streams_finished = _meter.create_counter(
+    "sluice.streams.finished", description="Streams ended, by final status"
+)
+http_errors = _meter.create_counter(
+    "sluice.http.errors", description="Error answers, by service and error type"
+)
+
+runner_ttft = _meter.create_histogram(
+    "sluice.runner.ttft", unit="s", description="Start of generation to first token (model side)"
+)
+runner_inter_token = _meter.create_histogram(
+    "sluice.runner.inter_token", unit="s", description="Time between consecutive tokens"
+)
+runner_tokens_per_s = _meter.create_histogram(
+    "sluice.runner.tokens_per_s", description="Tokens per second of each finished stream"
+)
+runner_stream_duration = _meter.create_histogram(
+    "sluice.runner.stream_duration", unit="s", description="Start of generation to its end"
+)
+runner_tokens = _meter.create_counter("sluice.runner.tokens", description="Tokens generated")
+runner_slots_in_use = _meter.create_up_down_counter(
+    "sluice.runner.slots_in_use", description="Generations in flight"
+)
+runner_slots_total = _meter.create_up_down_counter(
+    "sluice.runner.slots_total", description="Generation slots configured"
+)
+runner_lost = _meter.create_counter(
+    "sluice.runner.lost", description="Streams failed because their runner vanished"
+)
+cancel_to_stop = _meter.create_histogram(
+    "sluice.cancel_to_stop", unit="s", description="Cancel requested to generation stopped"
+)
+tokens_wasted = _meter.create_counter(
+    "sluice.tokens.wasted", description="Tokens no one needed: after_cancel, unread"
+)
+
+streamer_open_connections = _meter.create_up_down_counter(
+    "sluice.streamer.open_connections", description="Open SSE streams"
+)
+streamer_first_frame = _meter.create_histogram(
+    "sluice.streamer.first_frame", unit="s", description="Connect to first token frame written"
+)
+streamer_delivery_lag = _meter.create_histogram(
+    "sluice.streamer.delivery_lag",
+    unit="s",
+    description="Token frame written minus the runner's emit stamp",
+)
+streamer_disconnects = _meter.create_counter(
+    "sluice.streamer.disconnects", description="Streams closed early, by reason"
+)
+streamer_resumes = _meter.create_counter(
+    "sluice.streamer.resumes", description="Connections that resumed with Last-Event-ID"
+)
+
+coordinator_queue_depth = _meter.create_up_down_counter(
+    "sluice.coordinator.queue_depth", description="Streams waiting for a runner slot"
+)
+coordinator_queue_wait = _meter.create_histogram(
+    "sluice.coordinator.queue_wait", unit="s", description="Admission to start on a runner"
+)
+coordinator_rejections = _meter.create_counter(
+    "sluice.coordinator.rejections", description="Submissions refused, by reason"
+)
+runners_alive = _meter.create_up_down_counter(
+    "sluice.runners.alive", description="Runners whose heartbeats are current"
+)

@@ -1,0 +1,37 @@
+"""Riding out outages of Redis and NATS: what counts as transient, and the retry loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import redis.exceptions
+
+log = logging.getLogger(__name__)
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    nats.errors.Error,
+)
+BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+async def retry_forever(action: Callable[[], Awaitable[object]], what: str, stream_id: str) -> None:
+    """Run ``action`` until it succeeds, backing off between transient failures."""
+    attempt = 0
+    while True:
+        try:
+            await action()
+            return
+        except TRANSIENT as exc:
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            attempt += 1
+            log.warning(
+                "%s failed (%r); retry in %ss", what, exc, delay, extra={"stream_id": stream_id}
+            )
+            await asyncio.sleep(delay)

@@ -1,0 +1,102 @@
+"""The base every service stands on: connections, health, metrics, clean shutdown.
+
+A service module builds its app with :func:`create_base_app`, adds its routes and
+cleanup contexts, and hands it to :func:`run`, which serves until SIGTERM and then
+shuts down gracefully (``on_shutdown`` first, then connections drain and close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import prometheus_client
+import redis.asyncio as aioredis
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from libs.common.connections import connect_nats, connect_redis
+from libs.common.http import error_middleware, json_response
+from libs.common.logs import setup_logging
+from libs.common.settings import Settings
+from libs.common.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+NATS_CLIENT = web.AppKey("nats", NATS)
+REDIS_CLIENT = web.AppKey("redis", aioredis.Redis)
+SERVICE_NAME = web.AppKey("service_name", str)
+
+
+async def _connections(app: web.Application) -> AsyncIterator[None]:
+    settings, name = app[SETTINGS], app[SERVICE_NAME]
+    app[REDIS_CLIENT] = connect_redis(settings)
+    app[NATS_CLIENT] = await connect_nats(settings, name)
+    yield
+    try:
+        await asyncio.wait_for(app[NATS_CLIENT].drain(), timeout=5)
+    except (TimeoutError, Exception) as exc:  # drain failing must not block the exit
+        log.warning("nats drain failed: %s", exc)
+    await app[REDIS_CLIENT].aclose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when both NATS and Redis answer; 503 otherwise, naming what failed."""
+    checks = {"nats": request.app[NATS_CLIENT].is_connected, "redis": False}
+    try:
+        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), 1.0))
+    except Exception as exc:
+        log.warning("redis not ready: %s", exc)
+    ready = all(checks.values())
+    return json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def create_base_app(settings: Settings, service: str) -> web.Application:
+    """An app with the error middleware, health routes and NATS/Redis opened for its life."""
+    setup_logging(service, settings.log_level)
+    setup_telemetry(service)
+    if not settings.keys_to_tenants:
+        log.warning("SLUICE_API_KEYS is empty: authentication is off, every call is 'anonymous'")
+    if not settings.secret:
+        log.warning("SLUICE_SECRET is unset: read tokens use a development key")
+    app = web.Application(
+        middlewares=[error_middleware(service)], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[SERVICE_NAME] = service
+    app.cleanup_ctx.append(_connections)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+def run(app: web.Application, port: int) -> None:
+    """Serve until SIGTERM/SIGINT, on uvloop where available."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    settings = app[SETTINGS]
+    web.run_app(
+        app,
+        host=settings.host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=settings.drain_timeout_s,
+        handle_signals=True,
+    )

@@ -1,0 +1,134 @@
+"""Server-Sent Events: the frames the streamer writes and a WHATWG-conformant parser.
+
+The parser serves the tests, the benchmark and ``sluice`` clients; it follows the
+HTML spec's "event stream interpretation" (BOM, CR/LF/CRLF, comments, ``id`` without
+NUL, ``retry`` digits only, an event with no data is not dispatched).
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+import msgspec
+
+RETRY = b"retry: 1000\n\n"
+
+
+class TokenData(msgspec.Struct, array_like=False):
+    seq: int
+    n: int
+    text: str
+    ts: int
+
+
+_json = msgspec.json.Encoder()
+
+
+def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
+    """One event; ``data`` must be single-line (JSON is)."""
+    head = b"event: " + event.encode() + b"\n"
+    if event_id is not None:
+        head += b"id: " + str(event_id).encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+def json_frame(event: str, payload: object, event_id: int | None = None) -> bytes:
+    return frame(event, _json.encode(payload), event_id)
+
+
+def token_frame(last_seq: int, texts: list[str], ts: int) -> bytes:
+    """A ``token`` event carrying ``texts`` (consecutive tokens ending at ``last_seq``)."""
+    data = _json.encode(TokenData(seq=last_seq, n=len(texts), text="".join(texts), ts=ts))
+    return b"event: token\nid: %d\ndata: %s\n\n" % (last_seq, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    data: str
+    last_event_id: str
+    retry: int | None = None
+
+    def json(self) -> object:
+        return msgspec.json.decode(self.data)
+
+
+class SSEParser:
+    """Incremental event-stream parser: ``feed`` bytes, get the events they complete."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder_started = False
+        self._pending_cr = False
+        self._event_type = ""
+        self._data: list[str] = []
+        self._has_data = False
+        self.last_event_id = ""
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes | str) -> list[Event]:
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes) else chunk
+        if not self._decoder_started and text:
+            self._decoder_started = True
+            text = text.removeprefix("\ufeff")
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]
+        self._pending_cr = False
+        self._buffer += text
+        events: list[Event] = []
+        while True:
+            index = _line_end(self._buffer)
+            if index < 0:
+                break
+            line = self._buffer[:index]
+            terminator = self._buffer[index]
+            rest = self._buffer[index + 1 :]
+            if terminator == "\r":
+                if rest.startswith("\n"):
+                    rest = rest[1:]
+                elif not rest:
+                    self._pending_cr = True
+            self._buffer = rest
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> Event | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event_type = value
+        elif name == "data":
+            self._data.append(value)
+            self._has_data = True
+        elif name == "id":
+            if "\x00" not in value:
+                self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry = int(value)
+        return None
+
+    def _dispatch(self) -> Event | None:
+        event_type = self._event_type or "message"
+        has_data, data = self._has_data, "\n".join(self._data)
+        self._event_type, self._data, self._has_data = "", [], False
+        if not has_data:
+            return None
+        return Event(event_type, data, self.last_event_id, self.retry)
+
+
+def _line_end(buffer: str) -> int:
+    cr, lf = buffer.find("\r"), buffer.find("\n")
+    if cr < 0:
+        return lf
+    if lf < 0:
+        return cr
+    return min(cr, lf)

@@ -1,0 +1,161 @@
+"""Stream state in Redis: the token log (a Redis Stream) and the meta hash.
+
+Log entries carry the same msgpack bytes as the live subject, with entry id
+``0-<last seq>`` so a retried write is refused as a duplicate, and the terminal
+entry at ``1-0`` so nothing can be appended after the end. Ending a stream is one
+atomic script that only the first finaliser wins (runner, coordinator or cancel).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from libs.common import names
+from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
+
+TERMINAL_ENTRY_ID = b"1-0"
+READ_CHUNK = 512
+
+_FINISH = """
+if redis.call('HSETNX', KEYS[1], 'finished_ns', ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '1-0', 'm', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant then redis.call('SREM', 'sluice:tenant:' .. tenant .. ':active', KEYS[3]) end
+return 1
+"""
+
+
+_START = """
+if redis.call('HEXISTS', KEYS[1], 'finished_ns') == 1 then return nil end
+redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1], 'started_ns', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns')
+"""
+
+
+class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The ``sluice:meta:<id>`` hash; every field optional so partial writes stay valid."""
+
+    status: str = "queued"
+    tenant: str = ""
+    model: str = ""
+    conversation_id: str = ""
+    runner_id: str = ""
+    tokens: int = 0
+    finish_reason: str = ""
+    created_ns: int = 0
+    started_ns: int = 0
+    first_token_ns: int = 0
+    finished_ns: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    abandon_after_s: float | None = None
+    cancel_requested_ns: int = 0
+    cancel_reason: str = ""
+    tokens_after_cancel: int | None = None
+    cancel_to_stop_ms: float | None = None
+    error_type: str = ""
+    error_message: str = ""
+    tokens_unread: int | None = None
+
+
+def _as_fields(values: dict[str, Any]) -> dict[Any, Any]:
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_payload(fields: dict[Any, Any] | None) -> bytes:
+    return bytes((fields or {})[b"m"])
+
+
+class StreamStore:
+    """Reads and writes one stream's log and meta; shared by every service."""
+
+    def __init__(self, redis: aioredis.Redis, ttl_s: int, maxlen: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.maxlen = maxlen
+        self.read_chunk = READ_CHUNK
+        self._finish = redis.register_script(_FINISH)
+        self._start = redis.register_script(_START)
+
+    async def create(self, stream_id: str, meta: StreamMeta) -> None:
+        key = names.meta_key(stream_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=_as_fields(msgspec.to_builtins(meta)))
+            pipe.expire(key, self.ttl_s * 24)
+            await pipe.execute()
+
+    async def meta(self, stream_id: str) -> StreamMeta | None:
+        raw = await self.redis.hgetall(names.meta_key(stream_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return msgspec.convert(fields, StreamMeta, strict=False)
+
+    async def update(self, stream_id: str, **fields: Any) -> None:
+        await self.redis.hset(names.meta_key(stream_id), mapping=_as_fields(fields))
+
+    async def append(self, stream_id: str, batches: list[tuple[TokenBatch, bytes]]) -> None:
+        """Log batches in one round trip; a replayed batch is refused, harmlessly."""
+        log, meta = names.log_key(stream_id), names.meta_key(stream_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch, payload in batches:
+                pipe.xadd(log, {b"m": payload}, id=f"0-{batch.last}", maxlen=self.maxlen)
+            pipe.hset(meta, "tokens", batches[-1][0].last)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                raise result
+            if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                raise result
+
+    async def mark_running(self, stream_id: str, runner_id: str) -> tuple[str, int] | None:
+        """Record the start unless the stream already ended; returns (cancel reason, ns).
+
+        None means the stream ended before it could start (cancelled while placed).
+        """
+        result = await self._start(
+            keys=[names.meta_key(stream_id)], args=[runner_id, time.time_ns()]
+        )
+        if result is None:
+            return None
+        reason, requested = result
+        return (reason or b"").decode(), int(requested or 0)
+
+    async def finish(
+        self, stream_id: str, terminal: Done | Failed, payload: bytes, **fields: Any
+    ) -> bool:
+        """End the stream once: log the terminal entry, set meta, start the TTL clock.
+
+        Returns False when another finaliser got there first (the stream keeps its end).
+        """
+        now = time.time_ns()
+        pairs = [item for pair in _as_fields(fields).items() for item in pair]
+        won = await self._finish(
+            keys=[names.meta_key(stream_id), names.log_key(stream_id), stream_id],
+            args=[now, payload, self.ttl_s, *pairs],
+        )
+        return bool(won)
+
+    async def read(
+        self, stream_id: str, after_seq: int, count: int = READ_CHUNK
+    ) -> list[TokensMessage]:
+        """Log entries after token ``after_seq``, in order, at most ``count``."""
+        entries = await self.redis.xrange(
+            names.log_key(stream_id), min=f"(0-{after_seq}", max="+", count=count
+        )
+        return [tokens_codec.decode(_entry_payload(fields)) for _, fields in entries or ()]
+
+    async def log_exists(self, stream_id: str) -> bool:
+        return bool(await self.redis.exists(names.log_key(stream_id)))

@@ -1,0 +1,169 @@
+"""Messages that cross a process boundary over NATS or into the Redis log.
+
+One tagged union per subject, each with one encoder and one decoder built once.
+A token batch is the same bytes on ``sluice.stream.<id>.tokens`` and in the log
+entry, so a reader decodes live and replayed tokens with the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import msgspec
+
+from libs.common.api import Message, SimParams
+
+
+class Wire(msgspec.Struct, frozen=True, tag_field="k"):
+    """Base of every wire message: the tag travels in field ``k``."""
+
+
+class Submit(Wire, tag="submit", frozen=True):
+    """gateway/streamer → coordinator: admit a validated request under a fresh id."""
+
+    id: str
+    tenant: str
+    model: str
+    messages: list[Message]
+    prompt: str
+    max_tokens: int
+    created_ns: int
+    conversation_id: str | None = None
+    supersede: bool = False
+    debounce_ms: int = 0
+    abandon_after_s: float | None = 30.0
+    sim: SimParams | None = None
+
+
+class Accepted(Wire, tag="accepted", frozen=True):
+    status: str
+    position: int | None = None
+
+
+class Rejected(Wire, tag="rejected", frozen=True):
+    type: str
+    message: str
+    retry_after_s: float | None = None
+
+
+SubmitReply = Accepted | Rejected
+
+
+class RunnerHeartbeat(Wire, tag="heartbeat", frozen=True):
+    """runner → coordinators, every second and on every slot change."""
+
+    runner_id: str
+    slots_total: int
+    slots_free: int
+    models: list[str]
+    running: list[str] = []
+    stopping: bool = False
+
+
+class Start(Wire, tag="start", frozen=True):
+    """coordinator → runner: generate this stream now."""
+
+    submit: Submit
+    queued_ms: float = 0.0
+
+
+class Started(Wire, tag="started", frozen=True):
+    runner_id: str
+
+
+class Refused(Wire, tag="refused", frozen=True):
+    reason: str
+
+
+StartReply = Started | Refused
+
+
+class TokenBatch(Wire, tag="t", frozen=True):
+    """Tokens ``first .. first+len(texts)-1``; ``ts`` is the runner's emit time of the first (ns)."""
+
+    first: int
+    texts: list[str]
+    ts: int
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.texts) - 1
+
+
+class Done(Wire, tag="done", frozen=True, omit_defaults=True):
+    """The stream ended normally or by cancel; the last entry of its log."""
+
+    finish_reason: str
+    tokens: int
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    tokens_after_cancel: int | None = None
+    cancel_to_stop_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Failed(Wire, tag="failed", frozen=True):
+    """The stream ended in error; ``retryable`` tells the client to resume."""
+
+    type: str
+    message: str
+    retryable: bool = False
+    tokens: int = 0
+
+
+TokensMessage = TokenBatch | Done | Failed
+Terminal = Done | Failed
+
+
+class Cancel(Wire, tag="cancel", frozen=True):
+    """Stop generating; ``reason`` becomes the finish reason (cancelled, superseded, abandoned)."""
+
+    reason: str = "cancelled"
+    requested_ns: int = 0
+
+
+class Pace(Wire, tag="pace", frozen=True):
+    max_events_per_s: float
+
+
+ControlMessage = Cancel | Pace
+
+
+class ReaderLease(Wire, tag="lease", frozen=True):
+    """streamer → runner: this stream has readers now."""
+
+    readers: int
+    streamer_id: str
+
+
+class StatusChange(Wire, tag="status", frozen=True, omit_defaults=True):
+    status: str
+    position: int | None = None
+    runner_id: str | None = None
+
+
+LifecycleMessage = StatusChange
+
+T = TypeVar("T")
+
+
+class Codec(Generic[T]):
+    """A pre-built msgpack encoder/decoder pair for one subject's union."""
+
+    __slots__ = ("decode", "encode")
+
+    def __init__(self, kind: type[T] | object) -> None:
+        self.decode = msgspec.msgpack.Decoder(kind).decode
+        self.encode = msgspec.msgpack.Encoder().encode
+
+
+submit_codec: Codec[Submit] = Codec(Submit)
+submit_reply_codec: Codec[SubmitReply] = Codec(SubmitReply)
+heartbeat_codec: Codec[RunnerHeartbeat] = Codec(RunnerHeartbeat)
+start_codec: Codec[Start] = Codec(Start)
+start_reply_codec: Codec[StartReply] = Codec(StartReply)
+tokens_codec: Codec[TokensMessage] = Codec(TokensMessage)
+control_codec: Codec[ControlMessage] = Codec(ControlMessage)
+lease_codec: Codec[ReaderLease] = Codec(ReaderLease)
+lifecycle_codec: Codec[LifecycleMessage] = Codec(LifecycleMessage)

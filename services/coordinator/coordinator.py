@@ -1,0 +1,289 @@
+"""Admission, queueing, placement, supersede and debounce, runner liveness.
+
+Submissions arrive on ``sluice.submit`` (queue group: one coordinator answers each).
+A stream is admitted (meta written, conversation swapped), answered at once with its
+queue position, then placed on the least-loaded runner with room when its debounce
+has passed. Cancels are heard by every coordinator, so whichever holds a waiting
+stream ends it without it ever reaching a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from libs.common import metrics, names
+from libs.common.control import end_stream, request_cancel
+from libs.common.settings import Settings
+from libs.common.store import StreamMeta, StreamStore
+from libs.common.wire import (
+    Accepted,
+    Cancel,
+    Done,
+    Failed,
+    Rejected,
+    Start,
+    Started,
+    StatusChange,
+    Submit,
+    control_codec,
+    heartbeat_codec,
+    lifecycle_codec,
+    start_codec,
+    start_reply_codec,
+    submit_codec,
+    submit_reply_codec,
+)
+from services.coordinator.registry import RunnerRegistry
+
+log = logging.getLogger(__name__)
+
+LIVENESS_INTERVAL_S = 0.5
+START_TIMEOUT_S = 2.0
+POSITIONS_ANNOUNCED = 100
+
+
+@dataclass(slots=True)
+class Waiting:
+    submit: Submit
+    admitted_mono: float
+    ready: bool = False
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, nc: NATS, store: StreamStore) -> None:
+        self.settings = settings
+        self._nc = nc
+        self._store = store
+        self.registry = RunnerRegistry(settings.runner_dead_after_s)
+        self.waiting: OrderedDict[str, Waiting] = OrderedDict()
+        self._affinity: dict[str, str] = {}
+        self._positions: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._liveness: asyncio.Task[None] | None = None
+        self._runner_count = 0
+
+    async def start(self) -> None:
+        await self._nc.subscribe(names.SUBMIT, queue=names.COORDINATOR_QUEUE, cb=self._on_submit)
+        await self._nc.subscribe(names.RUNNER_HEARTBEAT, cb=self._on_heartbeat)
+        await self._nc.subscribe(names.ALL_CONTROL, cb=self._on_control)
+        self._liveness = asyncio.create_task(self._liveness_loop())
+        await self._nc.publish(names.RUNNER_ANNOUNCE, b"")
+
+    async def stop(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("coordinator task failed", exc_info=task.exception())
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for entry in self.waiting.values() if entry.ready)
+
+    async def _on_submit(self, msg: Msg) -> None:
+        self._spawn(self._admit(msg, submit_codec.decode(msg.data)))
+
+    async def _admit(self, msg: Msg, submit: Submit) -> None:
+        verdict = await self._verdict(submit)
+        if verdict is not None:
+            metrics.coordinator_rejections.add(1, {"reason": verdict.type})
+            await msg.respond(submit_reply_codec.encode(verdict))
+            return
+        previous = await self._record(submit)
+        self.waiting[submit.id] = Waiting(submit, time.monotonic())
+        metrics.streams_submitted.add(1, {"model": submit.model})
+        position = self.queued + 1 if not self.registry.has_room() else None
+        await msg.respond(submit_reply_codec.encode(Accepted(status="queued", position=position)))
+        if previous and previous != submit.id:
+            await request_cancel(self._nc, self._store, previous, "superseded")
+        if submit.debounce_ms:
+            await asyncio.sleep(submit.debounce_ms / 1000)
+        entry = self.waiting.get(submit.id)
+        if entry is not None:
+            entry.ready = True
+            metrics.coordinator_queue_depth.add(1)
+            self._pump()
+
+    async def _verdict(self, submit: Submit) -> Rejected | None:
+        """Refuse what cannot be served: tenant over its limit, or the queue full."""
+        active = await self._store.redis.scard(names.tenant_active_key(submit.tenant))
+        if active >= self.settings.tenant_max_streams:
+            return Rejected(
+                type="rate_limited",
+                message=f"tenant has {active} active streams (limit {self.settings.tenant_max_streams})",
+                retry_after_s=1,
+            )
+        if not self.registry.has_room() and self.queued >= self.settings.queue_max:
+            return Rejected(
+                type="overloaded",
+                message=f"all runners busy and {self.queued} streams queued",
+                retry_after_s=max(1.0, self.queued / max(1, self._total_slots())),
+            )
+        return None
+
+    def _total_slots(self) -> int:
+        return sum(r.slots_total for r in self.registry.runners.values())
+
+    async def _record(self, submit: Submit) -> str | None:
+        """Write the stream's meta and swap it in as its conversation's current stream."""
+        meta = StreamMeta(
+            status="queued",
+            tenant=submit.tenant,
+            model=submit.model,
+            conversation_id=submit.conversation_id or "",
+            created_ns=submit.created_ns,
+            abandon_after_s=submit.abandon_after_s,
+        )
+        await self._store.create(submit.id, meta)
+        await self._store.redis.sadd(names.tenant_active_key(submit.tenant), submit.id)
+        if not submit.conversation_id:
+            return None
+        key = names.conversation_key(submit.tenant, submit.conversation_id)
+        previous = await self._store.redis.set(key, submit.id, get=True, ex=self.settings.log_ttl_s)
+        if not isinstance(previous, bytes) or not submit.supersede:
+            return None
+        return previous.decode()
+
+    def _pump(self) -> None:
+        """Place ready streams, oldest first, while some runner has room."""
+        for stream_id, entry in list(self.waiting.items()):
+            if not entry.ready:
+                continue
+            preferred = self._affinity.get(entry.submit.conversation_id or "")
+            runner = self.registry.choose(entry.submit.model, preferred)
+            if runner is None:
+                break
+            runner.reserved += 1
+            del self.waiting[stream_id]
+            metrics.coordinator_queue_depth.add(-1)
+            self._spawn(self._place(entry, runner.runner_id))
+        self._announce_positions()
+
+    async def _place(self, entry: Waiting, runner_id: str) -> None:
+        submit = entry.submit
+        queued_s = time.monotonic() - entry.admitted_mono
+        request = start_codec.encode(Start(submit=submit, queued_ms=queued_s * 1000))
+        try:
+            reply = await self._nc.request(
+                names.runner_start(runner_id), request, timeout=START_TIMEOUT_S
+            )
+            verdict = start_reply_codec.decode(reply.data)
+        except (NatsTimeout, NoRespondersError) as exc:
+            verdict = None
+            log.warning("runner %s did not take the stream: %r", runner_id, exc)
+        runner = self.registry.runners.get(runner_id)
+        if runner is not None:
+            runner.reserved = max(0, runner.reserved - 1)
+        if isinstance(verdict, Started):
+            metrics.coordinator_queue_wait.record(queued_s)
+            if submit.conversation_id:
+                self._affinity[submit.conversation_id] = runner_id
+            return
+        if runner is not None:
+            runner.slots_free = 0
+        entry.ready = True
+        self.waiting[submit.id] = entry
+        self.waiting.move_to_end(submit.id, last=False)
+        metrics.coordinator_queue_depth.add(1)
+
+    def _announce_positions(self) -> None:
+        position = 0
+        for stream_id, entry in self.waiting.items():
+            if not entry.ready:
+                continue
+            position += 1
+            if position > POSITIONS_ANNOUNCED:
+                break
+            if self._positions.get(stream_id) != position:
+                self._positions[stream_id] = position
+                change = StatusChange(status="queued", position=position)
+                self._spawn(
+                    self._nc.publish(
+                        names.stream_subject(stream_id, "lifecycle"), lifecycle_codec.encode(change)
+                    )
+                )
+        for stream_id in [s for s in self._positions if s not in self.waiting]:
+            del self._positions[stream_id]
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        self.registry.beat(heartbeat_codec.decode(msg.data))
+        self._count_runners()
+        if self.queued:
+            self._pump()
+
+    async def _on_control(self, msg: Msg) -> None:
+        message = control_codec.decode(msg.data)
+        if not isinstance(message, Cancel):
+            return
+        stream_id = names.stream_id_of(msg.subject)
+        entry = self.waiting.pop(stream_id, None)
+        if entry is None:
+            return
+        if entry.ready:
+            metrics.coordinator_queue_depth.add(-1)
+        done = Done(finish_reason=message.reason, tokens=0, tokens_after_cancel=0)
+        self._spawn(end_stream(self._nc, self._store, stream_id, done, tokens=0))
+        self._announce_positions()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_INTERVAL_S)
+            for runner in self.registry.reap():
+                log.warning("runner lost", extra={"runner_id": runner.runner_id})
+                for stream_id in runner.running:
+                    self._spawn(self._fail_lost(stream_id, runner.runner_id))
+            self._count_runners()
+            self._expire_waiting()
+
+    async def _fail_lost(self, stream_id: str, runner_id: str) -> None:
+        meta = await self._store.meta(stream_id)
+        if meta is None or meta.runner_id not in ("", runner_id):
+            return
+        failed = Failed(
+            type="runner_lost",
+            message=f"runner {runner_id} stopped answering; resume to read what was generated",
+            retryable=True,
+            tokens=meta.tokens,
+        )
+        if await end_stream(self._nc, self._store, stream_id, failed):
+            metrics.runner_lost.add(1)
+
+    def _expire_waiting(self) -> None:
+        """Fail streams that waited in the queue longer than ``SLUICE_QUEUE_WAIT_S``."""
+        cutoff = time.monotonic() - self.settings.queue_wait_s
+        for stream_id, entry in list(self.waiting.items()):
+            if entry.ready and entry.admitted_mono < cutoff:
+                del self.waiting[stream_id]
+                metrics.coordinator_queue_depth.add(-1)
+                failed = Failed(
+                    type="overloaded",
+                    message=f"no runner free within {self.settings.queue_wait_s:g}s",
+                    retryable=True,
+                )
+                self._spawn(end_stream(self._nc, self._store, stream_id, failed))
+
+    def _count_runners(self) -> None:
+        alive = len(self.registry.runners)
+        metrics.runners_alive.add(alive - self._runner_count)
+        self._runner_count = alive

@@ -1,0 +1,68 @@
+"""Soft state about runners, rebuilt from their heartbeats: who is alive, who has room."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from libs.common.wire import RunnerHeartbeat
+
+
+@dataclass(slots=True)
+class RunnerState:
+    runner_id: str
+    slots_total: int
+    slots_free: int
+    models: frozenset[str]
+    running: list[str]
+    last_seen: float
+    reserved: int = 0
+    stopping: bool = False
+
+    @property
+    def room(self) -> int:
+        return 0 if self.stopping else max(0, self.slots_free - self.reserved)
+
+    @property
+    def load(self) -> float:
+        return 1 - self.room / self.slots_total if self.slots_total else 1.0
+
+
+@dataclass
+class RunnerRegistry:
+    dead_after_s: float
+    runners: dict[str, RunnerState] = field(default_factory=dict)
+
+    def beat(self, beat: RunnerHeartbeat) -> None:
+        known = self.runners.get(beat.runner_id)
+        self.runners[beat.runner_id] = RunnerState(
+            runner_id=beat.runner_id,
+            slots_total=beat.slots_total,
+            slots_free=beat.slots_free,
+            models=frozenset(beat.models),
+            running=beat.running,
+            last_seen=time.monotonic(),
+            reserved=known.reserved if known else 0,
+            stopping=beat.stopping,
+        )
+
+    def choose(self, model: str, preferred: str | None = None) -> RunnerState | None:
+        """The least-loaded live runner with room for ``model``; ``preferred`` wins if it has room."""
+        candidates = [r for r in self.runners.values() if model in r.models and r.room > 0]
+        if not candidates:
+            return None
+        for runner in candidates:
+            if runner.runner_id == preferred:
+                return runner
+        return min(candidates, key=lambda r: (r.load, -r.room))
+
+    def reap(self) -> list[RunnerState]:
+        """Forget runners whose heartbeats stopped; returns them so their streams can be failed."""
+        cutoff = time.monotonic() - self.dead_after_s
+        dead = [r for r in self.runners.values() if r.last_seen < cutoff]
+        for runner in dead:
+            del self.runners[runner.runner_id]
+        return dead
+
+    def has_room(self) -> bool:
+        return any(r.room > 0 for r in self.runners.values())

@@ -1,0 +1,64 @@
+"""Gateway HTTP surface: create, inspect and cancel streams; the control WebSocket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from libs.common.api import decode_request
+from libs.common.http import json_response, read_body, request_tenant
+from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
+from libs.common.settings import Settings
+from libs.common.store import StreamStore
+from services.gateway.control import MAX_FRAME_BYTES, ControlSession
+from services.gateway.streams import Streams
+
+STREAMS = web.AppKey("streams", Streams)
+
+
+async def create_stream(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    tenant = request_tenant(request, settings)
+    body = decode_request(await read_body(request, settings.max_body_bytes))
+    _, created = await request.app[STREAMS].create(tenant, body)
+    return json_response(created, status=201)
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    tenant = request_tenant(request, request.app[SETTINGS])
+    return json_response(await request.app[STREAMS].info(tenant, request.match_info["id"]))
+
+
+async def cancel_stream(request: web.Request) -> web.Response:
+    tenant = request_tenant(request, request.app[SETTINGS])
+    stream_id = request.match_info["id"]
+    meta = await request.app[STREAMS].cancel(tenant, stream_id)
+    return json_response(
+        {"id": stream_id, "status": meta.status, "cancel": "requested"}, status=202
+    )
+
+
+async def control(request: web.Request) -> web.WebSocketResponse:
+    tenant = request_tenant(request, request.app[SETTINGS])
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_FRAME_BYTES * 4)
+    await ws.prepare(request)
+    await ControlSession(ws, request.app[STREAMS], request.app[NATS_CLIENT], tenant).run()
+    return ws
+
+
+async def _streams(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    app[STREAMS] = Streams(settings, app[NATS_CLIENT], store)
+    yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_base_app(settings, "gateway")
+    app.cleanup_ctx.append(_streams)
+    app.router.add_post("/v1/streams", create_stream)
+    app.router.add_get("/v1/streams/{id}", get_stream)
+    app.router.add_post("/v1/streams/{id}/cancel", cancel_stream)
+    app.router.add_get("/v1/control", control)
+    return app

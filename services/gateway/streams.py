@@ -1,0 +1,82 @@
+"""The gateway's stream operations, callable from HTTP and from the control socket."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NATS
+
+from libs.common.api import CreatedStream, ErrorBody, StreamInfo, StreamRequest
+from libs.common.auth import is_stream_id, mint_read_token
+from libs.common.control import request_cancel
+from libs.common.errors import NotFound
+from libs.common.settings import Settings
+from libs.common.store import StreamMeta, StreamStore
+from libs.common.submit import build_submit, submit
+from libs.common.wire import Submit
+
+DEFAULT_ABANDON_S = 30.0
+
+
+class Streams:
+    def __init__(self, settings: Settings, nc: NATS, store: StreamStore) -> None:
+        self.settings = settings
+        self._nc = nc
+        self.store = store
+
+    async def create(self, tenant: str, request: StreamRequest) -> tuple[Submit, CreatedStream]:
+        message = build_submit(self.settings, tenant, request, DEFAULT_ABANDON_S)
+        accepted = await submit(self._nc, self.settings, message)
+        token = mint_read_token(
+            self.settings.effective_secret, message.id, tenant, self.settings.read_token_ttl_s
+        )
+        streamer = self.settings.public_url("streamer")
+        created = CreatedStream(
+            id=message.id,
+            status="queued",
+            token=token,
+            events_url=f"{streamer}/v1/streams/{message.id}/events?token={token}",
+            control_url=self.settings.public_url("gateway").replace("http", "ws", 1)
+            + "/v1/control",
+            position=accepted.position,
+        )
+        return message, created
+
+    async def meta(self, tenant: str, stream_id: str) -> StreamMeta:
+        """The stream's meta, or 404 if it does not exist for this tenant."""
+        meta = await self.store.meta(stream_id) if is_stream_id(stream_id) else None
+        if meta is None or meta.tenant != tenant:
+            raise NotFound(f"no stream {stream_id!r}")
+        return meta
+
+    async def info(self, tenant: str, stream_id: str) -> StreamInfo:
+        return describe(stream_id, await self.meta(tenant, stream_id))
+
+    async def cancel(self, tenant: str, stream_id: str) -> StreamMeta:
+        """Ask the stream to stop; idempotent, and a finished stream is left as it is."""
+        meta = await self.meta(tenant, stream_id)
+        await request_cancel(self._nc, self.store, stream_id, "cancelled")
+        return meta
+
+
+def _seconds(ns: int) -> float | None:
+    return ns / 1e9 if ns else None
+
+
+def describe(stream_id: str, meta: StreamMeta) -> StreamInfo:
+    error = ErrorBody(meta.error_type, meta.error_message) if meta.error_type else None
+    return StreamInfo(
+        id=stream_id,
+        status=meta.status,
+        model=meta.model,
+        tokens=meta.tokens,
+        created_at=meta.created_ns / 1e9,
+        finish_reason=meta.finish_reason or None,
+        ttft_ms=meta.ttft_ms,
+        duration_ms=meta.duration_ms,
+        conversation_id=meta.conversation_id or None,
+        started_at=_seconds(meta.started_ns),
+        finished_at=_seconds(meta.finished_ns),
+        tokens_after_cancel=meta.tokens_after_cancel,
+        cancel_to_stop_ms=meta.cancel_to_stop_ms,
+        tokens_unread=meta.tokens_unread,
+        error=error,
+    )

@@ -1,0 +1,235 @@
+"""One generation on a runner: number the tokens, log them, publish them, obey cancel.
+
+Two tasks per generation. The producer pulls tokens from the backend and stamps
+them; the flusher writes them to the log and then publishes them. The first token
+goes out at once; after that flushes are at most one per ``SLUICE_RUNNER_FLUSH_MS``
+with up to ``SLUICE_RUNNER_FLUSH_TOKENS`` tokens per log entry, so at 50 tokens/s
+every token travels alone and at 10,000 tokens/s they travel in batches. While the
+log cannot be written (Redis restarting) tokens wait in a bounded buffer and the
+producer stops pulling from the model once it is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+
+from libs.common import metrics, names
+from libs.common.control import end_stream
+from libs.common.errors import SluiceError
+from libs.common.retry import retry_forever
+from libs.common.settings import Settings
+from libs.common.store import StreamStore
+from libs.common.wire import (
+    Done,
+    Failed,
+    StatusChange,
+    Submit,
+    TokenBatch,
+    lifecycle_codec,
+    tokens_codec,
+)
+from services.runner.backends import Backend, Outcome
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_TOKENS = 8_192
+
+
+class Generation:
+    def __init__(
+        self,
+        submit: Submit,
+        backend: Backend,
+        store: StreamStore,
+        nc: NATS,
+        settings: Settings,
+        runner_id: str,
+    ) -> None:
+        self.submit = submit
+        self.id = submit.id
+        self._backend = backend
+        self._store = store
+        self._nc = nc
+        self._runner_id = runner_id
+        self._flush_s = settings.runner_flush_ms / 1000
+        self._flush_tokens = settings.runner_flush_tokens
+        self._lease_s = settings.reader_lease_s
+        self._tokens_subject = names.stream_subject(self.id, "tokens")
+        self._texts: list[str] = []
+        self._stamps: list[int] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._producing = True
+        self._last_flush = 0.0
+        self._flushed = 0
+        self._producer: asyncio.Task[None] | None = None
+        self.outcome = Outcome()
+        self.count = 0
+        self.unread = 0
+        self.started_mono = time.monotonic()
+        self.started_ns = time.time_ns()
+        self.first_token_ns = 0
+        self._last_token_ns = 0
+        self.last_lease_mono = 0.0
+        self.cancel_reason: str | None = None
+        self._cancel_requested_ns = 0
+        self._count_at_cancel = 0
+
+    def lease(self) -> None:
+        self.last_lease_mono = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since anyone last read this stream (or since it started)."""
+        return time.monotonic() - max(self.started_mono, self.last_lease_mono)
+
+    def cancel(self, reason: str, requested_ns: int) -> None:
+        """Stop the model now; the first reason wins."""
+        if self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        self._cancel_requested_ns = requested_ns or time.time_ns()
+        self._count_at_cancel = self.count
+        if self._producer is not None:
+            self._producer.cancel()
+
+    async def run(self) -> None:
+        """The whole life of the generation; never raises."""
+        state = await self._store.mark_running(self.id, self._runner_id)
+        if state is None:
+            return
+        reason, requested_ns = state
+        await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
+        self._producer = asyncio.create_task(self._produce())
+        if reason:
+            self.cancel(reason, requested_ns)
+        flusher = asyncio.create_task(self._flush_loop())
+        await asyncio.wait([self._producer])
+        stopped_ns = time.time_ns()
+        self._producing = False
+        self._wake.set()
+        await flusher
+        await self._finish(self._terminal(stopped_ns))
+
+    async def _produce(self) -> None:
+        lease_window_s = 2 * self._lease_s
+        async for text in self._backend.stream(self.submit, self.outcome):
+            now = time.time_ns()
+            if self.count == 0:
+                self.first_token_ns = now
+                metrics.runner_ttft.record((now - self.started_ns) / 1e9)
+            else:
+                metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
+            self._last_token_ns = now
+            self.count += 1
+            if time.monotonic() - self.last_lease_mono > lease_window_s:
+                self.unread += 1
+            self._texts.append(text)
+            self._stamps.append(now)
+            self._wake.set()
+            if len(self._texts) >= MAX_PENDING_TOKENS:
+                self._space.clear()
+                await self._space.wait()
+
+    async def _flush_loop(self) -> None:
+        while self._producing or self._texts:
+            if not self._texts:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            wait = self._last_flush + self._flush_s - time.monotonic()
+            if wait > 0 and self._producing and len(self._texts) < self._flush_tokens:
+                await asyncio.sleep(wait)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        texts, stamps = self._texts, self._stamps
+        self._texts, self._stamps = [], []
+        self._space.set()
+        size = self._flush_tokens
+        batches = []
+        for offset in range(0, len(texts), size):
+            batch = TokenBatch(
+                first=self._flushed + 1 + offset,
+                texts=texts[offset : offset + size],
+                ts=stamps[offset],
+            )
+            batches.append((batch, tokens_codec.encode(batch)))
+        await retry_forever(lambda: self._store.append(self.id, batches), "log append", self.id)
+        self._flushed += len(texts)
+        for _, payload in batches:
+            await self._publish(self._tokens_subject, payload)
+        metrics.runner_tokens.add(len(texts))
+
+    def _terminal(self, stopped_ns: int) -> Done | Failed:
+        assert self._producer is not None
+        ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
+        duration_ms = (stopped_ns - self.started_ns) / 1e6
+        if self.cancel_reason is not None:
+            return Done(
+                finish_reason=self.cancel_reason,
+                tokens=self.count,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                tokens_after_cancel=self.count - self._count_at_cancel,
+                cancel_to_stop_ms=max(0.0, (stopped_ns - self._cancel_requested_ns) / 1e6),
+            )
+        error = self._producer.exception()
+        if error is None:
+            return Done(
+                finish_reason=self.outcome.finish_reason,
+                tokens=self.count,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                prompt_tokens=self.outcome.prompt_tokens,
+                completion_tokens=self.outcome.completion_tokens,
+            )
+        if isinstance(error, SluiceError):
+            return Failed(
+                type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
+            )
+        log.error("backend failed", exc_info=error, extra={"stream_id": self.id})
+        return Failed(
+            type="upstream_error",
+            message=f"model backend failed: {error}",
+            retryable=True,
+            tokens=self.count,
+        )
+
+    async def _finish(self, terminal: Done | Failed) -> None:
+        fields: dict[str, object] = {
+            "tokens": self.count,
+            "ttft_ms": getattr(terminal, "ttft_ms", None),
+            "duration_ms": getattr(terminal, "duration_ms", None),
+            "tokens_unread": self.unread,
+        }
+        if isinstance(terminal, Done):
+            fields["tokens_after_cancel"] = terminal.tokens_after_cancel
+            fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
+        if await end_stream(self._nc, self._store, self.id, terminal, **fields):
+            self._record(terminal)
+
+    def _record(self, terminal: Done | Failed) -> None:
+        duration_s = (time.time_ns() - self.started_ns) / 1e9
+        metrics.runner_stream_duration.record(duration_s)
+        if self.count and duration_s > 0:
+            metrics.runner_tokens_per_s.record(self.count / duration_s)
+        if self.unread:
+            metrics.tokens_wasted.add(self.unread, {"kind": "unread"})
+        if isinstance(terminal, Done) and terminal.cancel_to_stop_ms is not None:
+            metrics.cancel_to_stop.record(terminal.cancel_to_stop_ms / 1000)
+            if terminal.tokens_after_cancel:
+                metrics.tokens_wasted.add(terminal.tokens_after_cancel, {"kind": "after_cancel"})
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        await retry_forever(lambda: self._nc.publish(subject, payload), "publish", self.id)
+
+    async def _publish_lifecycle(self, change: StatusChange) -> None:
+        await self._publish(
+            names.stream_subject(self.id, "lifecycle"), lifecycle_codec.encode(change)
+        )

@@ -1,0 +1,173 @@
+"""The runner: slots, start requests, control and reader leases, heartbeats, abandon.
+
+Start requests arrive on ``sluice.runner.<rid>.start``; each accepted stream gets two
+subscriptions of its own (control and readers) for as long as it runs, so cancel
+and lease traffic reaches only the runner that holds the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.common import metrics, names
+from libs.common.settings import Settings
+from libs.common.store import StreamStore
+from libs.common.wire import (
+    Cancel,
+    Refused,
+    RunnerHeartbeat,
+    Started,
+    control_codec,
+    heartbeat_codec,
+    start_codec,
+    start_reply_codec,
+)
+from services.runner.backends import Backend
+from services.runner.generation import Generation
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_S = 0.25
+
+
+class Runner:
+    def __init__(
+        self, settings: Settings, nc: NATS, store: StreamStore, backends: dict[str, Backend]
+    ) -> None:
+        self.settings = settings
+        self.id = settings.effective_runner_id
+        self._nc = nc
+        self._store = store
+        self._backends = backends
+        self.generations: dict[str, Generation] = {}
+        self._subscriptions: dict[str, list[Subscription]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    @property
+    def slots_free(self) -> int:
+        return max(0, self.settings.runner_slots - len(self.generations))
+
+    async def start(self) -> None:
+        await self._nc.subscribe(names.runner_start(self.id), cb=self._on_start)
+        await self._nc.subscribe(names.RUNNER_ANNOUNCE, cb=self._on_announce)
+        metrics.runner_slots_total.add(self.settings.runner_slots)
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._watchdog_loop()),
+        ]
+        await self.heartbeat()
+
+    async def stop(self, drain_s: float) -> None:
+        """Take no new work, let running generations finish for ``drain_s``, then fail them."""
+        self.stopping = True
+        await self.heartbeat()
+        running = [task for task in self._tasks if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=drain_s)
+        for loop in self._loops:
+            loop.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+
+    async def _on_announce(self, msg: Msg) -> None:
+        """A coordinator just started: tell it about this runner now, not in a second."""
+        await self.heartbeat()
+
+    async def _on_start(self, msg: Msg) -> None:
+        request = start_codec.decode(msg.data)
+        submit = request.submit
+        backend = self._backends.get(submit.model)
+        if self.stopping or backend is None or not self.slots_free:
+            reason = "stopping" if self.stopping else "no slot" if backend else "unknown model"
+            await msg.respond(start_reply_codec.encode(Refused(reason=reason)))
+            return
+        if submit.id in self.generations:
+            await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
+            return
+        generation = Generation(submit, backend, self._store, self._nc, self.settings, self.id)
+        self.generations[submit.id] = generation
+        metrics.runner_slots_in_use.add(1)
+        self._subscriptions[submit.id] = [
+            await self._nc.subscribe(
+                names.stream_subject(submit.id, "control"), cb=self._control_handler(generation)
+            ),
+            await self._nc.subscribe(
+                names.stream_subject(submit.id, "readers"), cb=self._lease_handler(generation)
+            ),
+        ]
+        await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
+        task = asyncio.create_task(self._run(generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._changed()
+
+    async def _run(self, generation: Generation) -> None:
+        try:
+            await generation.run()
+        except Exception:
+            log.exception("generation crashed", extra={"stream_id": generation.id})
+        finally:
+            del self.generations[generation.id]
+            metrics.runner_slots_in_use.add(-1)
+            for subscription in self._subscriptions.pop(generation.id, []):
+                with suppress(Exception):
+                    await subscription.unsubscribe()
+            self._changed()
+
+    @staticmethod
+    def _control_handler(generation: Generation):  # type: ignore[no-untyped-def]
+        async def handle(msg: Msg) -> None:
+            message = control_codec.decode(msg.data)
+            if isinstance(message, Cancel):
+                generation.cancel(message.reason, message.requested_ns)
+
+        return handle
+
+    @staticmethod
+    def _lease_handler(generation: Generation):  # type: ignore[no-untyped-def]
+        async def handle(msg: Msg) -> None:
+            generation.lease()
+
+        return handle
+
+    def _changed(self) -> None:
+        """Tell coordinators at once that a slot was taken or freed."""
+        task = asyncio.create_task(self.heartbeat())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def heartbeat(self) -> None:
+        beat = RunnerHeartbeat(
+            runner_id=self.id,
+            slots_total=self.settings.runner_slots,
+            slots_free=0 if self.stopping else self.slots_free,
+            models=sorted(self._backends),
+            running=list(self.generations),
+            stopping=self.stopping,
+        )
+        with suppress(Exception):
+            await self._nc.publish(names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.runner_heartbeat_s)
+            await self.heartbeat()
+
+    async def _watchdog_loop(self) -> None:
+        """Cancel generations no one has read for their ``abandon_after_s``."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for generation in list(self.generations.values()):
+                limit = generation.submit.abandon_after_s
+                if limit is not None and generation.idle_s() > limit:
+                    generation.cancel("abandoned", time.time_ns())

@@ -1,0 +1,118 @@
+"""One NATS subscription per stream per streamer, fanned out in-process to its readers.
+
+The subscription callback decodes each message once and hands it to every reader's
+non-blocking ``offer``; it never awaits a client. While a stream has readers here,
+the hub renews their lease on ``sluice.stream.<id>.readers`` so the runner knows
+someone is still reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.common import names
+from libs.common.wire import (
+    Pace,
+    ReaderLease,
+    control_codec,
+    lease_codec,
+    lifecycle_codec,
+    tokens_codec,
+)
+from services.streamer.reader import Reader
+
+log = logging.getLogger(__name__)
+
+
+class Channel:
+    """The readers of one stream on this streamer."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.readers: set[Reader] = set()
+        self.subscription: Subscription | None = None
+        self.ready = asyncio.Event()
+
+    async def on_message(self, msg: Msg) -> None:
+        kind = msg.subject.rsplit(".", 1)[1]
+        if kind == "tokens":
+            message = tokens_codec.decode(msg.data)
+            for reader in self.readers:
+                reader.offer(message)
+        elif kind == "lifecycle":
+            change = lifecycle_codec.decode(msg.data)
+            for reader in self.readers:
+                reader.status(change)
+        elif kind == "control":
+            control = control_codec.decode(msg.data)
+            if isinstance(control, Pace):
+                for reader in self.readers:
+                    reader.pace(control.max_events_per_s)
+
+
+class Hub:
+    def __init__(self, nc: NATS, streamer_id: str, lease_s: float) -> None:
+        self._nc = nc
+        self._streamer_id = streamer_id
+        self._lease_s = lease_s
+        self.channels: dict[str, Channel] = {}
+        self._lease_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._lease_task = asyncio.create_task(self._lease_loop())
+
+    async def stop(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._lease_task
+
+    async def attach(self, reader: Reader) -> None:
+        """Add a reader; returns once the live subscription is in place at the server."""
+        channel = self.channels.get(reader.stream_id)
+        if channel is None:
+            channel = self.channels[reader.stream_id] = Channel(reader.stream_id)
+            channel.readers.add(reader)
+            try:
+                channel.subscription = await self._nc.subscribe(
+                    names.stream_wildcard(reader.stream_id), cb=channel.on_message
+                )
+                await self._nc.flush(timeout=5)
+            finally:
+                channel.ready.set()
+            await self._renew(channel)
+        else:
+            channel.readers.add(reader)
+            await channel.ready.wait()
+
+    async def detach(self, reader: Reader) -> None:
+        channel = self.channels.get(reader.stream_id)
+        if channel is None:
+            return
+        channel.readers.discard(reader)
+        if not channel.readers:
+            del self.channels[reader.stream_id]
+            if channel.subscription is not None:
+                with suppress(Exception):
+                    await channel.subscription.unsubscribe()
+
+    def readers(self) -> list[Reader]:
+        return [reader for channel in self.channels.values() for reader in channel.readers]
+
+    async def _renew(self, channel: Channel) -> None:
+        lease = ReaderLease(readers=len(channel.readers), streamer_id=self._streamer_id)
+        subject = names.stream_subject(channel.stream_id, "readers")
+        with suppress(Exception):
+            await self._nc.publish(subject, lease_codec.encode(lease))
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s)
+            for channel in list(self.channels.values()):
+                await self._renew(channel)
