@@ -46,6 +46,5 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
         decode_responses=False,
         socket_connect_timeout=2,
         socket_timeout=5,
-        health_check_interval=5,
         max_connections=512,
     )

@@ -106,19 +106,33 @@ class StreamStore:
     async def update(self, stream_id: str, **fields: Any) -> None:
         await self.redis.hset(names.meta_key(stream_id), mapping=_as_fields(fields))
 
-    async def append(self, stream_id: str, batches: list[tuple[TokenBatch, bytes]]) -> None:
-        """Log batches in one round trip; a replayed batch is refused, harmlessly."""
-        log, meta = names.log_key(stream_id), names.meta_key(stream_id)
+    async def append(self, entries: list[tuple[str, TokenBatch, bytes]]) -> None:
+        """Log batches of any number of streams in one round trip.
+
+        A replayed batch (a retry after a lost reply) is refused by Redis as a
+        duplicate id, which is exactly the idempotence a retry needs.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
-            for batch, payload in batches:
-                pipe.xadd(log, {b"m": payload}, id=f"0-{batch.last}", maxlen=self.maxlen)
-            pipe.hset(meta, "tokens", batches[-1][0].last)
+            for stream_id, batch, payload in entries:
+                pipe.xadd(
+                    names.log_key(stream_id),
+                    {b"m": payload},
+                    id=f"0-{batch.last}",
+                    maxlen=self.maxlen,
+                )
             results = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+            if isinstance(result, ResponseError) and "equal or smaller" in str(result):
+                continue
+            if isinstance(result, Exception):
                 raise result
-            if isinstance(result, Exception) and not isinstance(result, ResponseError):
-                raise result
+
+    async def logged_tokens(self, stream_id: str) -> int:
+        """How many tokens the log holds: the id of its last token entry."""
+        entries = await self.redis.xrevrange(names.log_key(stream_id), max="(1-0", count=1)
+        if not entries:
+            return 0
+        return int(_text(entries[0][0] or b"0-0").split("-")[1])
 
     async def mark_running(self, stream_id: str, runner_id: str) -> tuple[str, int] | None:
         """Record the start unless the stream already ended; returns (cancel reason, ns).

@@ -264,7 +264,7 @@ class Coordinator:
             type="runner_lost",
             message=f"runner {runner_id} stopped answering; resume to read what was generated",
             retryable=True,
-            tokens=meta.tokens,
+            tokens=await self._store.logged_tokens(stream_id),
         )
         if await end_stream(self._nc, self._store, stream_id, failed):
             metrics.runner_lost.add(1)

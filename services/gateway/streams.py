@@ -48,7 +48,10 @@ class Streams:
         return meta
 
     async def info(self, tenant: str, stream_id: str) -> StreamInfo:
-        return describe(stream_id, await self.meta(tenant, stream_id))
+        meta = await self.meta(tenant, stream_id)
+        if meta.status == "running":
+            meta.tokens = await self.store.logged_tokens(stream_id)
+        return describe(stream_id, meta)
 
     async def cancel(self, tenant: str, stream_id: str) -> StreamMeta:
         """Ask the stream to stop; idempotent, and a finished stream is left as it is."""

@@ -33,6 +33,7 @@ from libs.common.wire import (
     tokens_codec,
 )
 from services.runner.backends import Backend, Outcome
+from services.runner.logwriter import LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Generation:
         submit: Submit,
         backend: Backend,
         store: StreamStore,
+        log_writer: LogWriter,
         nc: NATS,
         settings: Settings,
         runner_id: str,
@@ -53,12 +55,12 @@ class Generation:
         self.id = submit.id
         self._backend = backend
         self._store = store
+        self._log = log_writer
         self._nc = nc
         self._runner_id = runner_id
         self._flush_s = settings.runner_flush_ms / 1000
         self._flush_tokens = settings.runner_flush_tokens
         self._lease_s = settings.reader_lease_s
-        self._tokens_subject = names.stream_subject(self.id, "tokens")
         self._texts: list[str] = []
         self._stamps: list[int] = []
         self._wake = asyncio.Event()
@@ -160,10 +162,8 @@ class Generation:
                 ts=stamps[offset],
             )
             batches.append((batch, tokens_codec.encode(batch)))
-        await retry_forever(lambda: self._store.append(self.id, batches), "log append", self.id)
+        await self._log.write(self.id, batches)
         self._flushed += len(texts)
-        for _, payload in batches:
-            await self._publish(self._tokens_subject, payload)
         metrics.runner_tokens.add(len(texts))
 
     def _terminal(self, stopped_ns: int) -> Done | Failed:

@@ -31,6 +31,7 @@ from libs.common.wire import (
 )
 from services.runner.backends import Backend
 from services.runner.generation import Generation
+from services.runner.logwriter import LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Runner:
         self._nc = nc
         self._store = store
         self._backends = backends
+        self._log = LogWriter(store, nc)
         self.generations: dict[str, Generation] = {}
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,6 +59,7 @@ class Runner:
         return max(0, self.settings.runner_slots - len(self.generations))
 
     async def start(self) -> None:
+        self._log.start()
         await self._nc.subscribe(names.runner_start(self.id), cb=self._on_start)
         await self._nc.subscribe(names.RUNNER_ANNOUNCE, cb=self._on_announce)
         metrics.runner_slots_total.add(self.settings.runner_slots)
@@ -78,6 +81,7 @@ class Runner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self._log.stop()
 
     async def _on_announce(self, msg: Msg) -> None:
         """A coordinator just started: tell it about this runner now, not in a second."""
@@ -94,7 +98,9 @@ class Runner:
         if submit.id in self.generations:
             await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
             return
-        generation = Generation(submit, backend, self._store, self._nc, self.settings, self.id)
+        generation = Generation(
+            submit, backend, self._store, self._log, self._nc, self.settings, self.id
+        )
         self.generations[submit.id] = generation
         metrics.runner_slots_in_use.add(1)
         self._subscriptions[submit.id] = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import suppress
 
 from nats.aio.client import Client as NATS
@@ -112,7 +113,11 @@ class Hub:
             await self._nc.publish(subject, lease_codec.encode(lease))
 
     async def _lease_loop(self) -> None:
+        """Renew every stream's reader lease, and drop readers whose writes have stalled."""
         while True:
             await asyncio.sleep(self._lease_s)
+            now = time.monotonic()
             for channel in list(self.channels.values()):
+                for reader in list(channel.readers):
+                    reader.check_stall(now)
                 await self._renew(channel)

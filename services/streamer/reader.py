@@ -69,6 +69,8 @@ class Reader:
         self._last_live = time.monotonic()
         self._opened = time.monotonic()
         self._first_frame = True
+        self._write_since = 0.0
+        self._stalled = False
 
     @property
     def _queued_upto(self) -> int:
@@ -129,8 +131,7 @@ class Reader:
                     return "shutdown"
         except ClientGone:
             return "client_gone"
-        except SlowConsumer as exc:
-            self._abort(exc)
+        except SlowConsumer:
             return "slow_consumer"
 
     async def _step(self) -> bool:
@@ -225,13 +226,24 @@ class Reader:
         return True
 
     async def _write(self, data: bytes) -> None:
+        self._write_since = time.monotonic()
         try:
-            await asyncio.wait_for(self._response.write(data), self._stall_timeout_s)
-        except TimeoutError:
-            raise SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s") from None
+            await self._response.write(data)
         except (ConnectionError, RuntimeError) as exc:
+            if self._stalled:
+                raise SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s") from None
             raise ClientGone(str(exc)) from None
+        self._write_since = 0.0
         self._last_write = time.monotonic()
+
+    def check_stall(self, now: float) -> None:
+        """Called by the hub's watchdog: drop a reader whose write has hung too long.
+
+        One watchdog for all readers costs far less than a timeout around every write.
+        """
+        if self._write_since and now - self._write_since > self._stall_timeout_s:
+            self._stalled = True
+            self._abort(SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s"))
 
     def _abort(self, error: SlowConsumer) -> None:
         """Tell a stalled client why, without waiting for it, and drop the connection."""

@@ -1,0 +1,68 @@
+"""``sluice bench``: measure the whole suite as a client sees it.
+
+Each mode lives in its own module with ``add_arguments(parser)`` and
+``run(args, gateway) -> dict``, and may set ``SUITE_ENV`` for the suite it starts. Without
+``--gateway`` the benchmark starts its own NATS, Redis and four services (as
+``sluice dev`` does) and stops them afterwards; with it, it drives a running suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from libs.tools.servers import nats_server, redis_server
+from libs.tools.stack import Stack
+
+SUPPORT_MODULES = frozenset({"stats"})
+
+
+def modes() -> list[str]:
+    """Every module of this package but the support ones is a mode."""
+    names = (info.name for info in pkgutil.iter_modules(__path__))
+    return sorted(name for name in names if name not in SUPPORT_MODULES)
+
+
+def _module(mode: str) -> ModuleType:
+    return importlib.import_module(f"libs.tools.bench.{mode}")
+
+
+@contextmanager
+def own_suite(env: dict[str, str]) -> Iterator[Stack]:
+    """NATS, Redis and the four services, private to this run."""
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    nats = nats_server(workdir=workdir / "nats").start()
+    redis = redis_server(workdir=workdir / "redis", appendonly=False).start()
+    stack = Stack(nats.url, f"{redis.url}/0", workdir, env={"SLUICE_LOG_LEVEL": "WARNING", **env})
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        nats.stop()
+        redis.stop()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sluice bench", description=__doc__)
+    sub = parser.add_subparsers(dest="mode")
+    for mode in modes():
+        module = _module(mode)
+        mode_parser = sub.add_parser(mode, help=(module.__doc__ or "").splitlines()[0])
+        mode_parser.add_argument(
+            "--gateway", help="a running suite's gateway URL (default: start one)"
+        )
+        mode_parser.add_argument("--json", help="also write the raw figures to this file")
+        module.add_arguments(mode_parser)
+    args = parser.parse_args(argv or ["latency"])
+    module = _module(args.mode)
+    if args.gateway:
+        module.run(args, args.gateway)
+        return
+    with own_suite(getattr(module, "SUITE_ENV", {})) as stack:
+        module.run(args, stack.gateway)

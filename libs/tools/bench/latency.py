@@ -1,0 +1,162 @@
+"""``sluice bench latency``: N concurrent streams, client-side TTFT and per-token delivery latency.
+
+Delivery latency is the client's receive time minus the frame's ``ts`` (the runner's
+emit stamp of its first token): what sluice adds on top of the model's own timing.
+The client may run in several processes so that it is not the bottleneck it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from libs.tools.bench.stats import emit, line, summary
+from libs.tools.client import SluiceClient, events
+
+
+@dataclass
+class Sample:
+    ttft_ms: list[float] = field(default_factory=list)
+    status_ms: list[float] = field(default_factory=list)
+    delivery_ms: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: Sample) -> None:
+        self.ttft_ms += other.ttft_ms
+        self.status_ms += other.status_ms
+        self.delivery_ms += other.delivery_ms
+        self.tokens += other.tokens
+        for key, count in other.errors.items():
+            self.errors[key] = self.errors.get(key, 0) + count
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", type=int, default=200, help="concurrent streams")
+    parser.add_argument(
+        "--tokens-per-s", type=float, default=50.0, help="each stream's model speed"
+    )
+    parser.add_argument("--tokens", type=int, default=250, help="tokens per stream")
+    parser.add_argument("--ttft-ms", type=int, default=50, help="the model's time to first token")
+    parser.add_argument(
+        "--ramp-s", type=float, default=1.0, help="spread stream starts over this long"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="client processes")
+
+
+async def one_stream(
+    client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample
+) -> None:
+    await asyncio.sleep(delay_s)
+    started = time.time_ns()
+    try:
+        created = await client.create(**body)
+        first_token = True
+        first_event = True
+        async for received in events(client.session, created["events_url"]):
+            if first_event:
+                sample.status_ms.append((received.at_ns - started) / 1e6)
+                first_event = False
+            if received.type == "token":
+                data = received.json()
+                if first_token:
+                    sample.ttft_ms.append((received.at_ns - started) / 1e6)
+                    first_token = False
+                sample.delivery_ms.extend([(received.at_ns - data["ts"]) / 1e6] * data["n"])
+                sample.tokens += data["n"]
+            elif received.type == "error":
+                kind = received.json().get("type", "error")
+                sample.errors[kind] = sample.errors.get(kind, 0) + 1
+    except Exception as exc:
+        sample.errors[type(exc).__name__] = sample.errors.get(type(exc).__name__, 0) + 1
+
+
+async def run_streams(
+    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int
+) -> Sample:
+    sample = Sample()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = SluiceClient(session, gateway)
+        await asyncio.gather(
+            *(
+                one_stream(
+                    client,
+                    {**body, "prompt": f"bench {offset + i}"},
+                    ramp_s * i / max(1, count),
+                    sample,
+                )
+                for i in range(count)
+            )
+        )
+    return sample
+
+
+def _worker(gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int) -> Sample:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(run_streams(gateway, count, body, ramp_s, offset))
+
+
+def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
+    body = {
+        "max_tokens": args.tokens,
+        "sim": {"tokens": args.tokens, "tokens_per_s": args.tokens_per_s, "ttft_ms": args.ttft_ms},
+    }
+    shares = [
+        args.streams // args.workers + (1 if i < args.streams % args.workers else 0)
+        for i in range(args.workers)
+    ]
+    offsets = [sum(shares[:i]) for i in range(args.workers)]
+    started = time.monotonic()
+    if args.workers == 1:
+        samples = [_worker(gateway, shares[0], body, args.ramp_s, 0)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            samples = pool.starmap(
+                _worker,
+                [(gateway, n, body, args.ramp_s, o) for n, o in zip(shares, offsets, strict=True)],
+            )
+    elapsed = time.monotonic() - started
+    total = Sample()
+    for sample in samples:
+        total.merge(sample)
+    result = {
+        "mode": "latency",
+        "streams": args.streams,
+        "tokens_per_s_each": args.tokens_per_s,
+        "tokens_each": args.tokens,
+        "model_ttft_ms": args.ttft_ms,
+        "status_frame_ms": summary(total.status_ms),
+        "client_ttft_ms": summary(total.ttft_ms),
+        "delivery_ms": summary(total.delivery_ms),
+        "tokens_delivered": total.tokens,
+        "tokens_expected": args.streams * args.tokens,
+        "delivered_tokens_per_s": total.tokens / elapsed if elapsed else 0.0,
+        "elapsed_s": elapsed,
+        "errors": total.errors,
+    }
+    emit(
+        f"latency: {args.streams} streams x {args.tokens} tokens at {args.tokens_per_s:g} tokens/s "
+        f"(model TTFT {args.ttft_ms} ms), {args.workers} client process(es)",
+        [
+            line("first event (status) after POST", total.status_ms),
+            line("time to first token (client)", total.ttft_ms),
+            line("per-token delivery latency", total.delivery_ms),
+            f"  tokens delivered {total.tokens}/{args.streams * args.tokens} "
+            f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {total.errors or 'none'}",
+        ],
+        result,
+        args.json,
+    )
+    return result
