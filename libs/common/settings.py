@@ -104,12 +104,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return f"http://{host}:{getattr(self, f'{service}_port')}"
 
 
-def _decode_field(name: str, raw: str, field_type: Any) -> Any:
-    if field_type is str:
-        return raw
-    if name == "models":
-        return msgspec.json.decode(raw)
-    return raw
+def _decode_field(name: str, raw: str) -> Any:
+    """Strings pass through (msgspec converts them); the model map is JSON."""
+    return msgspec.json.decode(raw) if name == "models" else raw
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -120,14 +117,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         variable = PREFIX + field.name.upper()
         if variable in env:
             try:
-                values[field.name] = _decode_field(field.name, env[variable], field.type)
+                values[field.name] = _decode_field(field.name, env[variable])
             except msgspec.DecodeError as exc:
                 raise SettingsError(f"{variable}={env[variable]!r}: {exc}") from None
+    shown = {name: env.get(PREFIX + name.upper(), value) for name, value in values.items()}
     values.update(overrides)
     try:
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_variable(str(exc), values)) from None
+        raise SettingsError(_name_variable(str(exc), shown | overrides)) from None
 
 
 def _name_variable(message: str, values: Mapping[str, Any]) -> str:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from libs.common.auth import (
+    ANONYMOUS,
+    is_stream_id,
+    mint_read_token,
+    new_stream_id,
+    tenant_for,
+    verify_read_token,
+)
+from libs.common.errors import Forbidden, Unauthorized
+
+SECRET = b"s3cret"
+
+
+def test_stream_ids_are_unique_128_bit_and_subject_safe() -> None:
+    ids = {new_stream_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_stream_id(i) and "." not in i and len(i) == 35 for i in ids)
+    assert not is_stream_id("st_../../x")
+
+
+def test_read_token_binds_stream_and_tenant() -> None:
+    token = mint_read_token(SECRET, "st_a", "acme", 60)
+    assert verify_read_token(SECRET, "st_a", token) == "acme"
+    for stream_id, secret in (("st_b", SECRET), ("st_a", b"other")):
+        with pytest.raises(Forbidden):
+            verify_read_token(secret, stream_id, token)
+
+
+def test_tampered_tenant_is_rejected() -> None:
+    expires, _, signature = mint_read_token(SECRET, "st_a", "acme", 60).split(".")
+    forged = f"{expires}.Z2xvYmV4.{signature}"
+    with pytest.raises(Forbidden):
+        verify_read_token(SECRET, "st_a", forged)
+
+
+def test_missing_token_is_unauthorized_and_garbage_forbidden() -> None:
+    with pytest.raises(Unauthorized):
+        verify_read_token(SECRET, "st_a", None)
+    for garbage in ("x", "1.2", "a.b.c", "9999999999.!!.??"):
+        with pytest.raises(Forbidden):
+            verify_read_token(SECRET, "st_a", garbage)
+
+
+def test_api_keys_map_to_tenants() -> None:
+    keys = {"k1": "acme"}
+    assert tenant_for({}, None) == ANONYMOUS
+    assert tenant_for(keys, "Bearer k1") == "acme"
+    for header in (None, "Bearer nope", ""):
+        with pytest.raises(Unauthorized):
+            tenant_for(keys, header)
