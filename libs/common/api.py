@@ -187,3 +187,53 @@ def decode_frame(text: str | bytes) -> ClientFrame:
         return frame
     except msgspec.DecodeError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+class ServerFrame(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of the server → client frames on ``/v1/control``."""
+
+
+class AckFrame(ServerFrame, tag="ack", omit_defaults=True):
+    """A frame was done; a ``submit`` ack carries the same fields as the 201 of POST."""
+
+    ref: str | None = None
+    stream_id: str | None = None
+    status: str | None = None
+    id: str | None = None
+    token: str | None = None
+    events_url: str | None = None
+    control_url: str | None = None
+    position: int | None = None
+
+
+class ErrorFrame(ServerFrame, tag="error", omit_defaults=True):
+    error: ErrorBody
+    ref: str | None = None
+    retry_after_s: float | None = None
+
+
+class StatusFrame(ServerFrame, tag="status", omit_defaults=True):
+    """A status change of a stream submitted or cancelled on this socket."""
+
+    stream_id: str
+    status: str
+    position: int | None = None
+
+
+class PongFrame(ServerFrame, tag="pong", omit_defaults=True):
+    ref: str | None = None
+
+
+class _FrameRef(msgspec.Struct):
+    ref: Ref = None
+
+
+_ref_decoder = msgspec.json.Decoder(_FrameRef)
+
+
+def frame_ref(text: str | bytes) -> str | None:
+    """The ``ref`` of a frame that failed to decode, if it has a readable one, for its error."""
+    try:
+        return _ref_decoder.decode(text).ref
+    except msgspec.DecodeError:
+        return None

@@ -40,11 +40,17 @@ async def connect_nats(settings: Settings, name: str) -> NATS:
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
-    """A pooled client; commands reconnect on their own after Redis restarts."""
-    return aioredis.Redis.from_url(
+    """A pooled client; commands reconnect on their own after Redis restarts.
+
+    The pool blocks when all its connections are busy: a burst of thousands of readers
+    catching up at once waits its turn instead of failing with ``MaxConnectionsError``.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         decode_responses=False,
         socket_connect_timeout=2,
         socket_timeout=5,
         max_connections=512,
+        timeout=5,
     )
+    return aioredis.Redis(connection_pool=pool)

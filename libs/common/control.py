@@ -70,7 +70,8 @@ async def end_stream(
         "publish",
         stream_id,
     )
-    metrics.streams_finished.add(1, {"status": status})
+    reason = terminal.type if isinstance(terminal, Failed) else terminal.finish_reason
+    metrics.streams_finished.add(1, {"status": status, "reason": reason})
     return True
 
 

@@ -61,7 +61,8 @@ def error_middleware(service: str) -> Middleware:
             if exc.status < 400:
                 raise
             error = _from_http_exception(exc)
-        metrics.http_errors.add(1, {"service": service, "type": error.type})
+        labels = {"service": service, "type": error.type, "class": f"{error.status // 100}xx"}
+        metrics.http_errors.add(1, labels)
         return error_response(error)
 
     return middleware

@@ -1,4 +1,8 @@
-"""Structured JSON logs: one object per line, with the stream id when there is one."""
+"""Structured JSON logs: one object per line, with the stream id when there is one.
+
+A line logged inside a stream's span carries that stream's id and trace id even when
+the call site did not pass them, so logs and traces join on either.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import sys
 import time
 
 import msgspec
+
+from libs.common.tracing import current_stream, trace_id
 
 _FIELDS = ("stream_id", "tenant", "runner_id", "reason", "service")
 _encode = msgspec.json.Encoder().encode
@@ -30,6 +36,10 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(field)
             if value is not None:
                 entry[field] = value
+        if "stream_id" not in entry and (stream_id := current_stream.get()) is not None:
+            entry["stream_id"] = stream_id
+        if (trace := trace_id()) is not None:
+            entry["trace_id"] = trace
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry).decode()

@@ -32,10 +32,11 @@ streams_submitted = _meter.create_counter(
     "sluice.streams.submitted", description="Streams admitted"
 )
 streams_finished = _meter.create_counter(
-    "sluice.streams.finished", description="Streams ended, by final status"
+    "sluice.streams.finished",
+    description="Streams ended, by final status and reason (finish reason or error type)",
 )
 http_errors = _meter.create_counter(
-    "sluice.http.errors", description="Error answers, by service and error type"
+    "sluice.http.errors", description="Error answers, by service, error type and class (4xx/5xx)"
 )
 
 runner_ttft = _meter.create_histogram(
@@ -97,3 +98,31 @@ coordinator_rejections = _meter.create_counter(
 runners_alive = _meter.create_up_down_counter(
     "sluice.runners.alive", description="Runners whose heartbeats are current"
 )
+
+
+ZEROED: dict[str, list[tuple[metrics.Counter, dict[str, str]]]] = {
+    "coordinator": [
+        (runner_lost, {}),
+        (coordinator_rejections, {"reason": "overloaded"}),
+        (coordinator_rejections, {"reason": "rate_limited"}),
+    ],
+    "runner": [
+        (runner_tokens, {}),
+        (tokens_wasted, {"kind": "unread"}),
+        (tokens_wasted, {"kind": "after_cancel"}),
+    ],
+    "streamer": [
+        (streamer_resumes, {}),
+        *((streamer_disconnects, {"reason": r}) for r in ("client_gone", "slow_consumer")),
+    ],
+}
+
+
+def zero_counters(service: str) -> None:
+    """Start ``service``'s alerting counters at 0 rather than at their first increment.
+
+    Prometheus's ``increase()`` cannot count a series' first sample as a rise, so without
+    this the first runner lost after a coordinator restart would never fire its alert.
+    """
+    for counter, labels in ZEROED.get(service, []):
+        counter.add(0, labels)

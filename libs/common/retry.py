@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.errors
 import redis.exceptions
@@ -20,14 +21,15 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
+T = TypeVar("T")
 
-async def retry_forever(action: Callable[[], Awaitable[object]], what: str, stream_id: str) -> None:
-    """Run ``action`` until it succeeds, backing off between transient failures."""
+
+async def retry_forever(action: Callable[[], Awaitable[T]], what: str, stream_id: str) -> T:
+    """Run ``action`` until it succeeds, backing off between transient failures; its result."""
     attempt = 0
     while True:
         try:
-            await action()
-            return
+            return await action()
         except TRANSIENT as exc:
             delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             attempt += 1

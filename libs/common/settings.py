@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     stall_timeout_s: Positive = 30.0
     max_connections: Count = 20_000
     conn_buffer_bytes: Count = 65_536
+    conn_sndbuf_bytes: Annotated[int, Meta(ge=0)] = 65_536
     drain_timeout_s: Positive = 10.0
     reader_lease_s: Positive = 1.0
 
@@ -79,6 +80,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     submit_timeout_s: Positive = 5.0
 
     log_level: str = "INFO"
+    telemetry: bool = True
 
     @property
     def keys_to_tenants(self) -> dict[str, str]:

@@ -64,6 +64,17 @@ class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_type: str = ""
     error_message: str = ""
     tokens_unread: int | None = None
+    traceparent: str = ""
+
+
+class Feedback(msgspec.Struct, frozen=True):
+    """One entry of the ``sluice:feedback`` Redis stream: a client's rating of a stream."""
+
+    tenant: str
+    stream_id: str
+    rating: int
+    comment: str
+    ts: int
 
 
 def _as_fields(values: dict[str, Any]) -> dict[Any, Any]:
@@ -173,3 +184,6 @@ class StreamStore:
 
     async def log_exists(self, stream_id: str) -> bool:
         return bool(await self.redis.exists(names.log_key(stream_id)))
+
+    async def record_feedback(self, feedback: Feedback) -> None:
+        await self.redis.xadd(names.FEEDBACK_STREAM, _as_fields(msgspec.to_builtins(feedback)))

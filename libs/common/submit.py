@@ -11,8 +11,9 @@ import time
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry.trace import SpanKind
 
-from libs.common import names
+from libs.common import names, tracing
 from libs.common.api import StreamRequest
 from libs.common.auth import new_stream_id
 from libs.common.errors import InvalidRequest, Unavailable, from_type
@@ -50,13 +51,20 @@ def build_submit(
 
 
 async def submit(nc: NATS, settings: Settings, message: Submit) -> Accepted:
-    """Hand the stream to a coordinator; its refusal becomes the matching error."""
-    try:
-        reply = await nc.request(
-            names.SUBMIT, submit_codec.encode(message), timeout=settings.submit_timeout_s
-        )
-    except (NatsTimeout, NoRespondersError):
-        raise Unavailable("no coordinator answered; retry shortly", retry_after_s=1) from None
+    """Hand the stream to a coordinator; its refusal becomes the matching error.
+
+    The stream's trace starts here, and travels to the coordinator in the headers.
+    """
+    with tracing.stream_span("submit", message.id, kind=SpanKind.CLIENT):
+        try:
+            reply = await nc.request(
+                names.SUBMIT,
+                submit_codec.encode(message),
+                timeout=settings.submit_timeout_s,
+                headers=tracing.headers(),
+            )
+        except (NatsTimeout, NoRespondersError):
+            raise Unavailable("no coordinator answered; retry shortly", retry_after_s=1) from None
     verdict: Accepted | Rejected = submit_reply_codec.decode(reply.data)
     if isinstance(verdict, Rejected):
         raise from_type(verdict.type, verdict.message, verdict.retry_after_s)

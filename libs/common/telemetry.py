@@ -1,8 +1,14 @@
 """OpenTelemetry wiring, done once per process from the standard ``OTEL_*`` variables.
 
 Metrics always go to the Prometheus registry behind ``/metrics``; when
-``OTEL_EXPORTER_OTLP_ENDPOINT`` is set they and the traces also go out over OTLP.
+``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (an empty value counts as unset, as compose
+files pass it through) they and the traces also go out over OTLP, by
+``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the spec's default, or ``grpc``);
+``OTEL_TRACES_EXPORTER=none`` or ``OTEL_METRICS_EXPORTER=none`` turns either off.
 Histograms measured in seconds get buckets for seconds (the SDK's defaults suit ms).
+With telemetry off (``SLUICE_TELEMETRY=0``) no provider is installed, so every
+instrument and span is the API's no-op: that is the baseline instrumentation is
+measured against.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import os
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from libs.common.metrics import HISTOGRAM_BUCKETS
+from libs.common.metrics import HISTOGRAM_BUCKETS, zero_counters
 
 _configured = False
 
@@ -35,22 +45,48 @@ def _views() -> list[View]:
     ]
 
 
-def setup_telemetry(service: str) -> None:
-    """Install the meter and tracer providers for ``service``; later calls do nothing."""
-    global _configured
-    if _configured:
-        return
-    _configured = True
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    readers: list[MetricReader] = [PrometheusMetricReader()]
-    tracer_provider = TracerProvider(resource=resource)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+def otlp_endpoint() -> str:
+    """The OTLP endpoint, or ``""`` when export is off (unset or empty)."""
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+
+
+def _exporting(signal: str) -> bool:
+    return bool(otlp_endpoint()) and os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp") != "none"
+
+
+def _otlp_exporters() -> tuple[SpanExporter, MetricExporter]:
+    if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        return OTLPSpanExporter(), OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(), HttpMetricExporter()
+
+
+def setup_telemetry(service: str, enabled: bool = True) -> None:
+    """Install the meter and tracer providers for ``service``; later calls do nothing."""
+    global _configured
+    if _configured or not enabled:
+        return
+    _configured = True
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or service})
+    readers: list[MetricReader] = [PrometheusMetricReader()]
+    tracer_provider = TracerProvider(resource=resource)
+    if otlp_endpoint():
+        span_exporter, metric_exporter = _otlp_exporters()
+        if _exporting("METRICS"):
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
+        if _exporting("TRACES"):
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
     metrics.set_meter_provider(
         MeterProvider(resource=resource, metric_readers=readers, views=_views())
     )
     trace.set_tracer_provider(tracer_provider)
+    zero_counters(service)

@@ -9,7 +9,7 @@ import sys
 from libs.common.settings import SettingsError
 
 SERVICES = ("gateway", "coordinator", "runner", "streamer")
-TOOLS = {"dev": "libs.tools.dev", "bench": "libs.tools.bench"}
+TOOLS = {"dev": "libs.tools.dev", "bench": "libs.tools.bench", "top": "libs.tools.top"}
 
 
 def main(argv: list[str] | None = None) -> None:

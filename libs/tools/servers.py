@@ -124,14 +124,7 @@ class Server:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, sig, timeout_s)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -140,6 +133,18 @@ class Server:
         self.stop()
         wait_until_free(self.port)
         return self.start()
+
+
+def terminate(process: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> None:
+    """Send ``sig`` and wait; a process still there after ``timeout_s`` is killed."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_free(port: int, timeout_s: float = 10.0) -> None:

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.tools.servers import ServerError, child_env, free_port
+from libs.tools.servers import ServerError, child_env, free_port, terminate
 
 SERVICES = ("coordinator", "runner", "streamer", "gateway")
 
@@ -58,19 +58,10 @@ class Service:
             self.process.send_signal(sig)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, signal.SIGTERM, timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, signal.SIGKILL, timeout_s=10)
 
 
 @dataclass

@@ -21,9 +21,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry.trace import SpanKind
 
-from libs.common import metrics, names
+from libs.common import metrics, names, tracing
 from libs.common.control import end_stream, request_cancel
+from libs.common.retry import TRANSIENT
 from libs.common.settings import Settings
 from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import (
@@ -58,6 +60,7 @@ class Waiting:
     submit: Submit
     admitted_mono: float
     ready: bool = False
+    traceparent: str = ""
 
 
 class Coordinator:
@@ -102,18 +105,31 @@ class Coordinator:
         return sum(1 for entry in self.waiting.values() if entry.ready)
 
     async def _on_submit(self, msg: Msg) -> None:
-        self._spawn(self._admit(msg, submit_codec.decode(msg.data)))
+        submit = submit_codec.decode(msg.data)
+        context = tracing.parent(msg.headers)
+        self._spawn(tracing.traced(self._admit(msg, submit), "admit", submit.id, context))
 
     async def _admit(self, msg: Msg, submit: Submit) -> None:
-        verdict = await self._verdict(submit)
+        try:
+            verdict = await self._verdict(submit)
+        except TRANSIENT as exc:
+            message = f"the stream store is unreachable ({exc!r}); retry shortly"
+            verdict = Rejected(type="unavailable", message=message, retry_after_s=1)
         if verdict is not None:
             metrics.coordinator_rejections.add(1, {"reason": verdict.type})
             await msg.respond(submit_reply_codec.encode(verdict))
             return
-        previous = await self._record(submit)
-        self.waiting[submit.id] = Waiting(submit, time.monotonic())
+        backlog = self._backlog()
+        self.waiting[submit.id] = Waiting(
+            submit, time.monotonic(), traceparent=tracing.traceparent()
+        )
+        try:
+            previous = await self._record(submit)
+        except Exception:
+            self.waiting.pop(submit.id, None)
+            raise
         metrics.streams_submitted.add(1, {"model": submit.model})
-        position = self.queued + 1 if not self.registry.has_room() else None
+        position = backlog + 1 if backlog >= 0 else None
         await msg.respond(submit_reply_codec.encode(Accepted(status="queued", position=position)))
         if previous and previous != submit.id:
             await request_cancel(self._nc, self._store, previous, "superseded")
@@ -126,21 +142,38 @@ class Coordinator:
             self._pump()
 
     async def _verdict(self, submit: Submit) -> Rejected | None:
-        """Refuse what cannot be served: tenant over its limit, or the queue full."""
-        active = await self._store.redis.scard(names.tenant_active_key(submit.tenant))
-        if active >= self.settings.tenant_max_streams:
+        """Refuse what cannot be served: tenant over its limit, or the queue full.
+
+        The tenant's place is taken first and counted after (one transaction), and the
+        queue is checked with no await between the check and joining ``waiting``, so a
+        burst of submissions cannot slip past either bound.
+        """
+        key = names.tenant_active_key(submit.tenant)
+        async with self._store.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, submit.id)
+            pipe.scard(key)
+            _, active = await pipe.execute()
+        limit = self.settings.tenant_max_streams
+        if active > limit:
+            await self._store.redis.srem(key, submit.id)
             return Rejected(
                 type="rate_limited",
-                message=f"tenant has {active} active streams (limit {self.settings.tenant_max_streams})",
+                message=f"tenant has {active - 1} active streams (limit {limit})",
                 retry_after_s=1,
             )
-        if not self.registry.has_room() and self.queued >= self.settings.queue_max:
+        backlog = self._backlog()
+        if backlog >= self.settings.queue_max:
+            await self._store.redis.srem(key, submit.id)
             return Rejected(
                 type="overloaded",
-                message=f"all runners busy and {self.queued} streams queued",
-                retry_after_s=max(1.0, self.queued / max(1, self._total_slots())),
+                message=f"all runners busy and {backlog} streams queued",
+                retry_after_s=max(1.0, backlog / max(1, self._total_slots())),
             )
         return None
+
+    def _backlog(self) -> int:
+        """Admitted streams that no free slot can take now: the queue, burst included."""
+        return len(self.waiting) - self.registry.room()
 
     def _total_slots(self) -> int:
         return sum(r.slots_total for r in self.registry.runners.values())
@@ -154,9 +187,9 @@ class Coordinator:
             conversation_id=submit.conversation_id or "",
             created_ns=submit.created_ns,
             abandon_after_s=submit.abandon_after_s,
+            traceparent=tracing.traceparent(),
         )
         await self._store.create(submit.id, meta)
-        await self._store.redis.sadd(names.tenant_active_key(submit.tenant), submit.id)
         if not submit.conversation_id:
             return None
         key = names.conversation_key(submit.tenant, submit.conversation_id)
@@ -177,7 +210,9 @@ class Coordinator:
             runner.reserved += 1
             del self.waiting[stream_id]
             metrics.coordinator_queue_depth.add(-1)
-            self._spawn(self._place(entry, runner.runner_id))
+            context = tracing.parent_of(entry.traceparent)
+            placing = self._place(entry, runner.runner_id)
+            self._spawn(tracing.traced(placing, "place", stream_id, context, SpanKind.CLIENT))
         self._announce_positions()
 
     async def _place(self, entry: Waiting, runner_id: str) -> None:
@@ -186,7 +221,10 @@ class Coordinator:
         request = start_codec.encode(Start(submit=submit, queued_ms=queued_s * 1000))
         try:
             reply = await self._nc.request(
-                names.runner_start(runner_id), request, timeout=START_TIMEOUT_S
+                names.runner_start(runner_id),
+                request,
+                timeout=START_TIMEOUT_S,
+                headers=tracing.headers(),
             )
             verdict = start_reply_codec.decode(reply.data)
         except (NatsTimeout, NoRespondersError) as exc:
@@ -207,7 +245,12 @@ class Coordinator:
         self.waiting.move_to_end(submit.id, last=False)
         metrics.coordinator_queue_depth.add(1)
 
-    def _announce_positions(self) -> None:
+    def _announce_positions(self, again: bool = False) -> None:
+        """Publish queue positions that changed; ``again`` repeats them all.
+
+        Repeating them every liveness tick gives a reader that connected after the last
+        change its position within half a second (readers drop unchanged status frames).
+        """
         position = 0
         for stream_id, entry in self.waiting.items():
             if not entry.ready:
@@ -215,7 +258,7 @@ class Coordinator:
             position += 1
             if position > POSITIONS_ANNOUNCED:
                 break
-            if self._positions.get(stream_id) != position:
+            if again or self._positions.get(stream_id) != position:
                 self._positions[stream_id] = position
                 change = StatusChange(status="queued", position=position)
                 self._spawn(
@@ -247,14 +290,23 @@ class Coordinator:
         self._announce_positions()
 
     async def _liveness_loop(self) -> None:
+        """Fail the streams of runners whose heartbeats stopped.
+
+        While this coordinator is cut off from NATS no heartbeat can reach it, so
+        silence says nothing about the runners: their clocks restart instead.
+        """
         while True:
             await asyncio.sleep(LIVENESS_INTERVAL_S)
+            if not self._nc.is_connected:
+                for state in self.registry.runners.values():
+                    state.last_seen = time.monotonic()
             for runner in self.registry.reap():
                 log.warning("runner lost", extra={"runner_id": runner.runner_id})
                 for stream_id in runner.running:
                     self._spawn(self._fail_lost(stream_id, runner.runner_id))
             self._count_runners()
             self._expire_waiting()
+            self._announce_positions(again=True)
 
     async def _fail_lost(self, stream_id: str, runner_id: str) -> None:
         meta = await self._store.meta(stream_id)
@@ -266,7 +318,7 @@ class Coordinator:
             retryable=True,
             tokens=await self._store.logged_tokens(stream_id),
         )
-        if await end_stream(self._nc, self._store, stream_id, failed):
+        if await end_stream(self._nc, self._store, stream_id, failed, tokens=failed.tokens):
             metrics.runner_lost.add(1)
 
     def _expire_waiting(self) -> None:

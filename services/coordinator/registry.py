@@ -64,5 +64,6 @@ class RunnerRegistry:
             del self.runners[runner.runner_id]
         return dead
 
-    def has_room(self) -> bool:
-        return any(r.room > 0 for r in self.runners.values())
+    def room(self) -> int:
+        """Free slots over every live runner."""
+        return sum(r.room for r in self.runners.values())

@@ -11,7 +11,8 @@ from libs.common.http import json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
-from services.gateway.control import MAX_FRAME_BYTES, ControlSession
+from services.gateway import dashboard
+from services.gateway.control import HARD_FRAME_BYTES, ControlSession
 from services.gateway.streams import Streams
 
 STREAMS = web.AppKey("streams", Streams)
@@ -21,7 +22,7 @@ async def create_stream(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     tenant = request_tenant(request, settings)
     body = decode_request(await read_body(request, settings.max_body_bytes))
-    _, created = await request.app[STREAMS].create(tenant, body)
+    created = await request.app[STREAMS].create(tenant, body)
     return json_response(created, status=201)
 
 
@@ -41,7 +42,7 @@ async def cancel_stream(request: web.Request) -> web.Response:
 
 async def control(request: web.Request) -> web.WebSocketResponse:
     tenant = request_tenant(request, request.app[SETTINGS])
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_FRAME_BYTES * 4)
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=HARD_FRAME_BYTES)
     await ws.prepare(request)
     await ControlSession(ws, request.app[STREAMS], request.app[NATS_CLIENT], tenant).run()
     return ws
@@ -61,4 +62,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/streams/{id}", get_stream)
     app.router.add_post("/v1/streams/{id}/cancel", cancel_stream)
     app.router.add_get("/v1/control", control)
+    dashboard.add_routes(app)
     return app

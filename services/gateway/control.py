@@ -2,16 +2,20 @@
 
 Each socket has its own bounded outbox and sender task, so NATS callbacks that
 report status changes never await the client. Malformed, oversized or too-frequent
-frames are answered with an ``error`` frame and the socket stays open.
+frames are answered with an ``error`` frame and the socket stays open; a frame past
+:data:`HARD_FRAME_BYTES` is not even read, and aiohttp closes the socket (1009).
+
+Status changes of a stream are subscribed to before the frame that concerns it is
+acted on (so none is missed) and held until that frame's ``ack`` has gone out (so
+the client always hears of a stream before it hears of its status).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -22,21 +26,26 @@ from nats.aio.subscription import Subscription
 from libs.common import names
 from libs.common.api import (
     FINAL_STATUSES,
+    AckFrame,
     CancelFrame,
     ClientFrame,
+    ErrorBody,
+    ErrorFrame,
     FeedbackFrame,
-    PaceFrame,
     PingFrame,
+    PongFrame,
+    ServerFrame,
+    StatusFrame,
     SubmitFrame,
     decode_frame,
+    frame_ref,
 )
 from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
-from libs.common.wire import Pace, control_codec, lifecycle_codec
+from libs.common.wire import lifecycle_codec
 from services.gateway.streams import Streams
 
-log = logging.getLogger(__name__)
-
 MAX_FRAME_BYTES = 64 * 1024
+HARD_FRAME_BYTES = 4 * MAX_FRAME_BYTES
 FRAMES_PER_S = 20.0
 FRAME_BURST = 40.0
 OUTBOX = 1024
@@ -64,8 +73,9 @@ class ControlSession:
         self._streams = streams
         self._nc = nc
         self._tenant = tenant
-        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX)
+        self._outbox: asyncio.Queue[ServerFrame] = asyncio.Queue(OUTBOX)
         self._watches: dict[str, Subscription] = {}
+        self._held: dict[str, list[ServerFrame]] = {}
         self._bucket = TokenBucket(FRAMES_PER_S, FRAME_BURST)
 
     async def run(self) -> None:
@@ -78,11 +88,12 @@ class ControlSession:
                     break
         finally:
             sender.cancel()
-            for subscription in self._watches.values():
-                with suppress(Exception):
-                    await subscription.unsubscribe()
+            with suppress(asyncio.CancelledError):
+                await sender
+            for stream_id in list(self._watches):
+                await self._unwatch(stream_id)
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: ServerFrame) -> None:
         """Queue a frame; a client that reads nothing loses status frames, not memory."""
         with suppress(asyncio.QueueFull):
             self._outbox.put_nowait(frame)
@@ -90,7 +101,10 @@ class ControlSession:
     async def _send_loop(self) -> None:
         while True:
             frame = await self._outbox.get()
-            await self._ws.send_str(_json.encode(frame).decode())
+            try:
+                await self._ws.send_str(_json.encode(frame).decode())
+            except ConnectionError:
+                return
 
     async def _receive(self, data: str | bytes) -> None:
         ref = None
@@ -99,75 +113,94 @@ class ControlSession:
                 raise TooLarge(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
             if not self._bucket.take():
                 raise RateLimited(f"more than {FRAMES_PER_S:g} frames/s", retry_after_s=1)
-            frame = decode_frame(data)
+            try:
+                frame = decode_frame(data)
+            except InvalidRequest:
+                ref = frame_ref(data)
+                raise
             ref = frame.ref
-            self.send(await self._handle(frame))
+            for reply in await self._handle(frame):
+                self.send(reply)
         except SluiceError as exc:
-            error = {"type": exc.type, "message": exc.message}
-            self.send({"type": "error", "ref": ref, "error": error})
+            error = ErrorBody(type=exc.type, message=exc.message)
+            self.send(ErrorFrame(error=error, ref=ref, retry_after_s=exc.retry_after_s))
 
-    async def _handle(self, frame: ClientFrame) -> dict[str, Any]:
+    async def _handle(self, frame: ClientFrame) -> list[ServerFrame]:
         if isinstance(frame, PingFrame):
-            return {"type": "pong", "ref": frame.ref}
+            return [PongFrame(ref=frame.ref)]
         if isinstance(frame, SubmitFrame):
-            message, created = await self._streams.create(self._tenant, frame)
-            await self._watch(message.id)
-            return {
-                "type": "ack",
-                "ref": frame.ref,
-                "stream_id": message.id,
-                **msgspec.structs.asdict(created),
-            }
+            return await self._submit(frame)
         if isinstance(frame, CancelFrame):
-            meta = await self._streams.cancel(self._tenant, frame.stream_id)
-            if meta.status not in FINAL_STATUSES:
-                await self._watch(frame.stream_id)
-            return {
-                "type": "ack",
-                "ref": frame.ref,
-                "stream_id": frame.stream_id,
-                "status": meta.status,
-            }
+            return await self._cancel(frame)
         if isinstance(frame, FeedbackFrame):
-            await self._streams.meta(self._tenant, frame.stream_id)
-            await self._streams.store.redis.xadd(
-                names.FEEDBACK_STREAM,
-                {
-                    "tenant": self._tenant,
-                    "stream_id": frame.stream_id,
-                    "rating": str(frame.rating),
-                    "comment": frame.comment,
-                    "ts": str(time.time_ns()),
-                },
-            )
-            return {"type": "ack", "ref": frame.ref, "stream_id": frame.stream_id}
-        if isinstance(frame, PaceFrame):
-            await self._streams.meta(self._tenant, frame.stream_id)
-            pace = control_codec.encode(Pace(max_events_per_s=frame.max_events_per_s))
-            await self._nc.publish(names.stream_subject(frame.stream_id, "control"), pace)
-            return {"type": "ack", "ref": frame.ref, "stream_id": frame.stream_id}
-        raise InvalidRequest(f"unsupported frame {type(frame).__name__}")
+            await self._streams.feedback(self._tenant, frame.stream_id, frame.rating, frame.comment)
+        else:
+            await self._streams.pace(self._tenant, frame.stream_id, frame.max_events_per_s)
+        return [AckFrame(ref=frame.ref, stream_id=frame.stream_id)]
+
+    async def _submit(self, frame: SubmitFrame) -> list[ServerFrame]:
+        message = self._streams.prepare(self._tenant, frame)
+        await self._watch(message.id)
+        try:
+            created = await self._streams.admit(message)
+        except SluiceError:
+            await self._unwatch(message.id)
+            raise
+        ack = AckFrame(
+            ref=frame.ref,
+            stream_id=created.id,
+            status=created.status,
+            id=created.id,
+            token=created.token,
+            events_url=created.events_url,
+            control_url=created.control_url,
+            position=created.position,
+        )
+        queued = StatusFrame(stream_id=created.id, status=created.status, position=created.position)
+        return [ack, queued, *self._held.pop(created.id, [])]
+
+    async def _cancel(self, frame: CancelFrame) -> list[ServerFrame]:
+        await self._watch(frame.stream_id)
+        try:
+            meta = await self._streams.cancel(self._tenant, frame.stream_id)
+        except SluiceError:
+            await self._unwatch(frame.stream_id)
+            raise
+        ack = AckFrame(ref=frame.ref, stream_id=frame.stream_id, status=meta.status)
+        held = self._held.pop(frame.stream_id, [])
+        if meta.status in FINAL_STATUSES:
+            await self._unwatch(frame.stream_id)
+        return [ack, *held]
 
     async def _watch(self, stream_id: str) -> None:
-        """Report this stream's status changes on this socket until it ends."""
+        """Subscribe to the stream's status changes, holding them until :meth:`_held` is popped."""
+        self._held.setdefault(stream_id, [])
         if stream_id in self._watches:
             return
+        self._watches[stream_id] = await self._nc.subscribe(
+            names.stream_subject(stream_id, "lifecycle"), cb=self._reporter(stream_id)
+        )
+        await self._nc.flush()
 
-        async def on_change(msg: Msg) -> None:
+    async def _unwatch(self, stream_id: str) -> None:
+        self._held.pop(stream_id, None)
+        subscription = self._watches.pop(stream_id, None)
+        if subscription is not None:
+            with suppress(Exception):
+                await subscription.unsubscribe()
+
+    def _reporter(self, stream_id: str) -> Callable[[Msg], Awaitable[None]]:
+        async def report(msg: Msg) -> None:
             change = lifecycle_codec.decode(msg.data)
-            frame: dict[str, Any] = {
-                "type": "status",
-                "stream_id": stream_id,
-                "status": change.status,
-            }
-            if change.position is not None:
-                frame["position"] = change.position
-            self.send(frame)
+            frame = StatusFrame(stream_id=stream_id, status=change.status, position=change.position)
+            held = self._held.get(stream_id)
+            if held is None:
+                self.send(frame)
+            else:
+                held.append(frame)
             if change.status in FINAL_STATUSES:
                 subscription = self._watches.pop(stream_id, None)
                 if subscription is not None:
                     await subscription.unsubscribe()
 
-        self._watches[stream_id] = await self._nc.subscribe(
-            names.stream_subject(stream_id, "lifecycle"), cb=on_change
-        )
+        return report

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 from nats.aio.client import Client as NATS
 
+from libs.common import names
 from libs.common.api import CreatedStream, ErrorBody, StreamInfo, StreamRequest
 from libs.common.auth import is_stream_id, mint_read_token
 from libs.common.control import request_cancel
 from libs.common.errors import NotFound
 from libs.common.settings import Settings
-from libs.common.store import StreamMeta, StreamStore
+from libs.common.store import Feedback, StreamMeta, StreamStore
 from libs.common.submit import build_submit, submit
-from libs.common.wire import Submit
+from libs.common.wire import Pace, Submit, control_codec
 
 DEFAULT_ABANDON_S = 30.0
 
@@ -22,14 +25,24 @@ class Streams:
         self._nc = nc
         self.store = store
 
-    async def create(self, tenant: str, request: StreamRequest) -> tuple[Submit, CreatedStream]:
-        message = build_submit(self.settings, tenant, request, DEFAULT_ABANDON_S)
+    async def create(self, tenant: str, request: StreamRequest) -> CreatedStream:
+        return await self.admit(self.prepare(tenant, request))
+
+    def prepare(self, tenant: str, request: StreamRequest) -> Submit:
+        """Validate the request and name the stream, before anyone hears of it."""
+        return build_submit(self.settings, tenant, request, DEFAULT_ABANDON_S)
+
+    async def admit(self, message: Submit) -> CreatedStream:
+        """Hand a prepared stream to a coordinator; the answer of POST /v1/streams."""
         accepted = await submit(self._nc, self.settings, message)
         token = mint_read_token(
-            self.settings.effective_secret, message.id, tenant, self.settings.read_token_ttl_s
+            self.settings.effective_secret,
+            message.id,
+            message.tenant,
+            self.settings.read_token_ttl_s,
         )
         streamer = self.settings.public_url("streamer")
-        created = CreatedStream(
+        return CreatedStream(
             id=message.id,
             status="queued",
             token=token,
@@ -38,7 +51,6 @@ class Streams:
             + "/v1/control",
             position=accepted.position,
         )
-        return message, created
 
     async def meta(self, tenant: str, stream_id: str) -> StreamMeta:
         """The stream's meta, or 404 if it does not exist for this tenant."""
@@ -58,6 +70,18 @@ class Streams:
         meta = await self.meta(tenant, stream_id)
         await request_cancel(self._nc, self.store, stream_id, "cancelled")
         return meta
+
+    async def feedback(self, tenant: str, stream_id: str, rating: int, comment: str) -> None:
+        """Keep a client's rating of a stream, durably, beside the streams themselves."""
+        await self.meta(tenant, stream_id)
+        feedback = Feedback(tenant, stream_id, rating, comment, ts=time.time_ns())
+        await self.store.record_feedback(feedback)
+
+    async def pace(self, tenant: str, stream_id: str, max_events_per_s: float) -> None:
+        """Cap the frames per second of the stream's readers, on whichever streamers hold them."""
+        await self.meta(tenant, stream_id)
+        pace = control_codec.encode(Pace(max_events_per_s=max_events_per_s))
+        await self._nc.publish(names.stream_subject(stream_id, "control"), pace)
 
 
 def _seconds(ns: int) -> float | None:

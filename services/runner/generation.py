@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 from nats.aio.client import Client as NATS
 
@@ -26,6 +27,7 @@ from libs.common.store import StreamStore
 from libs.common.wire import (
     Done,
     Failed,
+    ReaderLease,
     StatusChange,
     Submit,
     TokenBatch,
@@ -38,6 +40,8 @@ from services.runner.logwriter import LogWriter
 log = logging.getLogger(__name__)
 
 MAX_PENDING_TOKENS = 8_192
+RECENT_STAMPS = 4_096
+LEASE_HOLD = 1.5  # lease periods a lease holds: one, and slack for a late renewal
 
 
 class Generation:
@@ -60,9 +64,11 @@ class Generation:
         self._runner_id = runner_id
         self._flush_s = settings.runner_flush_ms / 1000
         self._flush_tokens = settings.runner_flush_tokens
-        self._lease_s = settings.reader_lease_s
+        self._hold_s = settings.reader_lease_s * LEASE_HOLD
+        self._leases: dict[str, float] = {}
         self._texts: list[str] = []
         self._stamps: list[int] = []
+        self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -77,31 +83,53 @@ class Generation:
         self.started_ns = time.time_ns()
         self.first_token_ns = 0
         self._last_token_ns = 0
-        self.last_lease_mono = 0.0
+        self.read_until = 0.0
         self.cancel_reason: str | None = None
         self._cancel_requested_ns = 0
         self._count_at_cancel = 0
 
-    def lease(self) -> None:
-        self.last_lease_mono = time.monotonic()
+    def lease(self, lease: ReaderLease) -> None:
+        """A streamer's readers: the lease holds a while, and ``readers=0`` ends it now.
+
+        Until a lease lapses a reader is not taken for gone, however short the
+        stream's ``abandon_after_s``; a streamer whose last reader left says so at once.
+        """
+        now = time.monotonic()
+        self._leases[lease.streamer_id] = now + self._hold_s if lease.readers else now
+        self.read_until = max(self._leases.values())
+        if lease.readers:
+            self.unread = 0  # a reader (back) reads from the log what no one read meanwhile
 
     def idle_s(self) -> float:
-        """Seconds since anyone last read this stream (or since it started)."""
-        return time.monotonic() - max(self.started_mono, self.last_lease_mono)
+        """Seconds no one has read this stream (counted from its start if no one ever did)."""
+        return time.monotonic() - max(self.started_mono, self.read_until)
 
     def cancel(self, reason: str, requested_ns: int) -> None:
-        """Stop the model now; the first reason wins."""
-        if self.cancel_reason is not None:
-            return
-        self.cancel_reason = reason
-        self._cancel_requested_ns = requested_ns or time.time_ns()
-        self._count_at_cancel = self.count
+        """Stop the model now; the first reason wins.
+
+        Tokens stamped at or after ``requested_ns`` (when sluice took the cancel in)
+        count as generated after it, so the figure includes the cancel's time in flight.
+        """
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self._cancel_requested_ns = requested_ns or time.time_ns()
+            self._count_at_cancel = self.count - self._emitted_since(self._cancel_requested_ns)
         if self._producer is not None:
             self._producer.cancel()
 
+    def _emitted_since(self, ns: int) -> int:
+        late = 0
+        for stamp in reversed(self._recent):
+            if stamp < ns:
+                break
+            late += 1
+        return late
+
     async def run(self) -> None:
         """The whole life of the generation; never raises."""
-        state = await self._store.mark_running(self.id, self._runner_id)
+        state = await retry_forever(
+            lambda: self._store.mark_running(self.id, self._runner_id), "mark running", self.id
+        )
         if state is None:
             return
         reason, requested_ns = state
@@ -118,7 +146,6 @@ class Generation:
         await self._finish(self._terminal(stopped_ns))
 
     async def _produce(self) -> None:
-        lease_window_s = 2 * self._lease_s
         async for text in self._backend.stream(self.submit, self.outcome):
             now = time.time_ns()
             if self.count == 0:
@@ -128,10 +155,11 @@ class Generation:
                 metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
             self._last_token_ns = now
             self.count += 1
-            if time.monotonic() - self.last_lease_mono > lease_window_s:
+            if time.monotonic() > self.read_until:
                 self.unread += 1
             self._texts.append(text)
             self._stamps.append(now)
+            self._recent.append(now)
             self._wake.set()
             if len(self._texts) >= MAX_PENDING_TOKENS:
                 self._space.clear()

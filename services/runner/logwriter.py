@@ -5,7 +5,7 @@ has gathered since its last cycle in one pipeline, then publishes each batch. Un
 load a cycle carries many streams' batches, so the cost per token falls with the
 load instead of rising; at rest a batch goes out alone, at once. Log-before-publish
 holds per batch, and a stream's batches stay in order because each generation
-waits for its previous flush.
+waits for its previous flush (so two of its batches are never in flight at once).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from libs.common.retry import retry_forever
 from libs.common.store import StreamStore
 from libs.common.wire import TokenBatch
 
+IN_FLIGHT = 4
+
 Pending = tuple[str, list[tuple[TokenBatch, bytes]], asyncio.Future[None]]
 
 
@@ -30,6 +32,7 @@ class LogWriter:
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -39,6 +42,9 @@ class LogWriter:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        for commit in list(self._commits):
+            commit.cancel()
+        await asyncio.gather(*self._commits, return_exceptions=True)
 
     async def write(self, stream_id: str, batches: list[tuple[TokenBatch, bytes]]) -> None:
         """Log then publish ``batches``; returns when both are done."""
@@ -48,11 +54,22 @@ class LogWriter:
         await done
 
     async def _loop(self) -> None:
+        """Start a commit as soon as there is work and a commit slot is free.
+
+        Up to ``IN_FLIGHT`` commits run at once, so a token never waits for an earlier
+        round trip to come back; when all are busy, the next one carries everything
+        that gathered meanwhile.
+        """
+        slots = asyncio.Semaphore(IN_FLIGHT)
         while True:
             await self._wake.wait()
+            await slots.acquire()
             self._wake.clear()
             cycle, self._pending = self._pending, []
-            await self._commit(cycle)
+            commit = asyncio.create_task(self._commit(cycle))
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
+            commit.add_done_callback(lambda _: slots.release())
 
     async def _commit(self, cycle: list[Pending]) -> None:
         entries = [(sid, batch, payload) for sid, batches, _ in cycle for batch, payload in batches]

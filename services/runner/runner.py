@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from libs.common import metrics, names
+from libs.common import metrics, names, tracing
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import (
@@ -26,6 +26,7 @@ from libs.common.wire import (
     Started,
     control_codec,
     heartbeat_codec,
+    lease_codec,
     start_codec,
     start_reply_codec,
 )
@@ -112,7 +113,10 @@ class Runner:
             ),
         ]
         await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
-        task = asyncio.create_task(self._run(generation))
+        context = tracing.parent(msg.headers)
+        task = asyncio.create_task(
+            tracing.traced(self._run(generation), "generate", submit.id, context)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._changed()
@@ -142,7 +146,7 @@ class Runner:
     @staticmethod
     def _lease_handler(generation: Generation):  # type: ignore[no-untyped-def]
         async def handle(msg: Msg) -> None:
-            generation.lease()
+            generation.lease(lease_codec.decode(msg.data))
 
         return handle
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
-from libs.common import metrics, sse
+from libs.common import metrics, sse, tracing
 from libs.common.api import FINAL_STATUSES
 from libs.common.auth import verify_read_token
-from libs.common.errors import InvalidRequest, Overloaded
+from libs.common.errors import InvalidRequest, Overloaded, Unavailable
+from libs.common.retry import TRANSIENT
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import StatusChange
 from services.streamer.hub import Hub
 from services.streamer.reader import EXPIRED, Reader
@@ -36,18 +39,32 @@ def last_event_id(request: web.Request) -> int:
     return int(raw)
 
 
+async def readable_meta(store: StreamStore, stream_id: str) -> StreamMeta | None:
+    """The stream's meta; None once it or its finished log is gone.
+
+    While Redis is out this is a retryable 503, never a stream that looks empty.
+    """
+    try:
+        meta = await store.meta(stream_id)
+        if meta and meta.status in FINAL_STATUSES and not await store.log_exists(stream_id):
+            return None
+    except TRANSIENT:
+        raise Unavailable("the stream log is unreachable; retry shortly", retry_after_s=1) from None
+    return meta
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/streams/{id}/events``: status at once, then tokens, then done."""
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
     stream_id = request.match_info["id"]
     verify_read_token(settings.effective_secret, stream_id, request.query.get("token"))
     after = last_event_id(request)
-    if len(hub.readers()) >= settings.max_connections:
+    if hub.reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
-    meta = await store.meta(stream_id)
+    meta = await readable_meta(store, stream_id)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    if meta is None or (meta.status in FINAL_STATUSES and not await store.log_exists(stream_id)):
+    if meta is None:
         error = {"type": EXPIRED.type, "message": EXPIRED.message, "retryable": False}
         await response.write(sse.RETRY + sse.json_frame("error", error))
         return response
@@ -60,13 +77,16 @@ async def events(request: web.Request) -> web.StreamResponse:
         buffer_bytes=settings.conn_buffer_bytes,
         heartbeat_s=settings.heartbeat_s,
         stall_timeout_s=settings.stall_timeout_s,
+        send_buffer_bytes=settings.conn_sndbuf_bytes,
     )
     metrics.streamer_open_connections.add(1)
     if after:
         metrics.streamer_resumes.add(1)
     try:
         await hub.attach(reader)
-        reason = await reader.serve(StatusChange(status=meta.status))
+        context = tracing.parent_of(meta.traceparent)
+        with tracing.stream_span("deliver", stream_id, context, SpanKind.SERVER):
+            reason = await reader.serve(StatusChange(status=meta.status))
     finally:
         metrics.streamer_open_connections.add(-1)
         await hub.detach(reader)
@@ -75,8 +95,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _raise_open_files_limit() -> None:
+    """Each open stream is a socket: take every file descriptor the hard limit allows."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    _raise_open_files_limit()
     app[STORE] = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
     streamer_id = f"{socket.gethostname()}-{os.getpid()}"
     app[HUB] = Hub(app[NATS_CLIENT], streamer_id, settings.reader_lease_s)
@@ -99,4 +126,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_tell_readers_to_reconnect)
     app.router.add_get("/v1/streams/{id}/events", events)
+    from services.streamer import chat  # imported here: chat uses this module's app keys
+
+    chat.add_routes(app)
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from nats.aio.client import Client as NATS
@@ -34,9 +35,11 @@ log = logging.getLogger(__name__)
 class Channel:
     """The readers of one stream on this streamer."""
 
-    def __init__(self, stream_id: str) -> None:
+    def __init__(self, stream_id: str, renew: Callable[[Channel], Awaitable[None]]) -> None:
         self.stream_id = stream_id
+        self._renew = renew
         self.readers: set[Reader] = set()
+        self.pace: float | None = None
         self.subscription: Subscription | None = None
         self.ready = asyncio.Event()
 
@@ -50,9 +53,12 @@ class Channel:
             change = lifecycle_codec.decode(msg.data)
             for reader in self.readers:
                 reader.status(change)
+            if change.status == "running":
+                await self._renew(self)  # a runner just took it: tell it about readers now
         elif kind == "control":
             control = control_codec.decode(msg.data)
             if isinstance(control, Pace):
+                self.pace = control.max_events_per_s
                 for reader in self.readers:
                     reader.pace(control.max_events_per_s)
 
@@ -63,6 +69,7 @@ class Hub:
         self._streamer_id = streamer_id
         self._lease_s = lease_s
         self.channels: dict[str, Channel] = {}
+        self.reader_count = 0
         self._lease_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -75,10 +82,14 @@ class Hub:
                 await self._lease_task
 
     async def attach(self, reader: Reader) -> None:
-        """Add a reader; returns once the live subscription is in place at the server."""
+        """Add a reader; returns once the live subscription is in place at the server.
+
+        A reader joining a stream that was paced gets the same pace.
+        """
+        self.reader_count += 1
         channel = self.channels.get(reader.stream_id)
         if channel is None:
-            channel = self.channels[reader.stream_id] = Channel(reader.stream_id)
+            channel = self.channels[reader.stream_id] = Channel(reader.stream_id, self._renew)
             channel.readers.add(reader)
             try:
                 channel.subscription = await self._nc.subscribe(
@@ -90,15 +101,19 @@ class Hub:
             await self._renew(channel)
         else:
             channel.readers.add(reader)
+            if channel.pace is not None:
+                reader.pace(channel.pace)
             await channel.ready.wait()
 
     async def detach(self, reader: Reader) -> None:
+        self.reader_count -= 1
         channel = self.channels.get(reader.stream_id)
         if channel is None:
             return
         channel.readers.discard(reader)
         if not channel.readers:
             del self.channels[reader.stream_id]
+            await self._renew(channel)  # readers=0: the runner's abandon clock starts now
             if channel.subscription is not None:
                 with suppress(Exception):
                     await channel.subscription.unsubscribe()
@@ -113,11 +128,11 @@ class Hub:
             await self._nc.publish(subject, lease_codec.encode(lease))
 
     async def _lease_loop(self) -> None:
-        """Renew every stream's reader lease, and drop readers whose writes have stalled."""
+        """Renew every stream's reader lease, and give every reader its :meth:`Reader.tick`."""
         while True:
             await asyncio.sleep(self._lease_s)
             now = time.monotonic()
             for channel in list(self.channels.values()):
                 for reader in list(channel.readers):
-                    reader.check_stall(now)
+                    reader.tick(now)
                 await self._renew(channel)

@@ -2,20 +2,23 @@
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits. The reader's own writer task turns pending tokens into frames: at once
-while the socket keeps up, coalesced while the socket's buffer is full (so slower
-clients get bigger frames), at most ``pace`` frames a second. Past
+while the socket keeps up, coalesced while bytes still wait in the socket's buffer (so
+slower clients get bigger frames), at most ``pace`` frames a second. Past
 ``SLUICE_CONN_BUFFER_BYTES`` the pending tokens are dropped and the reader catches up
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
+How events are spelled on the wire is the reader's :class:`Frames`: native SSE by
+default, OpenAI chunks for ``/v1/chat/completions``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
-
-from aiohttp import web
+from typing import Protocol
 
 from libs.common import metrics, sse
 from libs.common.errors import SlowConsumer
@@ -26,6 +29,8 @@ from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessa
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
+DRAIN_POLL_S = (0.001, 0.1)
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 PING = b'event: ping\ndata: {"t": %d}\n\n'
 RECONNECT = b"event: reconnect\ndata: {}\n\n"
 EXPIRED = Failed(type="expired", message="the stream's log no longer holds these tokens")
@@ -35,11 +40,69 @@ class ClientGone(Exception):
     """The client closed the connection."""
 
 
+class Sink(Protocol):
+    """Where a reader's bytes go: an aiohttp ``StreamResponse``, or a stand-in."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class Frames(Protocol):
+    """How a reader spells each event; a dialect without some event returns ``b""`` for it."""
+
+    def opening(self) -> bytes: ...
+
+    def status(self, change: StatusChange) -> bytes: ...
+
+    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes: ...
+
+    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes: ...
+
+    def ping(self) -> bytes: ...
+
+    def reconnect(self) -> bytes: ...
+
+
+class NativeFrames:
+    """The contract's own SSE events: ``status``, ``token``, ``ping``, ``done``, ``error``."""
+
+    def opening(self) -> bytes:
+        return sse.RETRY
+
+    def status(self, change: StatusChange) -> bytes:
+        payload: dict[str, object] = {"status": change.status}
+        if change.position is not None:
+            payload["position"] = change.position
+        return sse.json_frame("status", payload)
+
+    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
+        return sse.token_frame(last_seq, texts, ts)
+
+    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
+        if isinstance(terminal, Done):
+            payload = {k: v for k, v in _fields(terminal).items() if v is not None}
+            return sse.json_frame("done", payload, last_seq)
+        error = {
+            "type": terminal.type,
+            "message": terminal.message,
+            "retryable": terminal.retryable,
+        }
+        return sse.json_frame("error", error)
+
+    def ping(self) -> bytes:
+        return PING % int(time.time() * 1000)
+
+    def reconnect(self) -> bytes:
+        return RECONNECT
+
+
+NATIVE_FRAMES = NativeFrames()
+
+
 class Reader:
     def __init__(
         self,
         stream_id: str,
-        response: web.StreamResponse,
+        response: Sink,
         transport: asyncio.Transport | None,
         store: StreamStore,
         after_seq: int,
@@ -47,9 +110,12 @@ class Reader:
         buffer_bytes: int,
         heartbeat_s: float,
         stall_timeout_s: float,
+        frames: Frames = NATIVE_FRAMES,
+        send_buffer_bytes: int = 0,
     ) -> None:
         self.stream_id = stream_id
         self._response = response
+        self._frames = frames
         self._transport = transport
         self._store = store
         self.sent = after_seq
@@ -71,6 +137,10 @@ class Reader:
         self._first_frame = True
         self._write_since = 0.0
         self._stalled = False
+        self._ping_due = False
+        self._last_status = b""
+        if send_buffer_bytes:
+            _set_socket_option(transport, socket.SO_SNDBUF, send_buffer_bytes)
 
     @property
     def _queued_upto(self) -> int:
@@ -100,11 +170,11 @@ class Reader:
             self._texts, self._bytes, self._behind = [], 0, True
 
     def status(self, change: StatusChange) -> None:
-        payload: dict[str, object] = {"status": change.status}
-        if change.position is not None:
-            payload["position"] = change.position
-        self._statuses.append(sse.json_frame("status", payload))
-        self._wake.set()
+        frame = self._frames.status(change)
+        if frame and frame != self._last_status:
+            self._last_status = frame
+            self._statuses.append(frame)
+            self._wake.set()
 
     def pace(self, max_events_per_s: float) -> None:
         self._min_interval_s = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
@@ -121,13 +191,13 @@ class Reader:
         """
         self.status(first_status)
         try:
-            await self._write(sse.RETRY + b"".join(self._statuses))
+            await self._write(self._frames.opening() + b"".join(self._statuses))
             self._statuses.clear()
             while True:
                 if await self._step():
                     return "done"
                 if self._closing:
-                    await self._write(RECONNECT)
+                    await self._write(self._frames.reconnect())
                     return "shutdown"
         except ClientGone:
             return "client_gone"
@@ -158,17 +228,11 @@ class Reader:
         return False
 
     async def _idle(self) -> None:
-        """Wait for work; ping a quiet client, and poll the log if live traffic went silent."""
-        timeout = min(self._heartbeat_s, IDLE_POLL_S)
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            now = time.monotonic()
-            if now - self._last_write >= self._heartbeat_s:
-                await self._write(PING % int(time.time() * 1000))
-            if now - self._last_live >= IDLE_POLL_S:
-                self._last_live = now
-                self._behind = True
+        """Wait for work, without a timer per frame: the hub's :meth:`tick` wakes quiet readers."""
+        await self._wake.wait()
+        if self._ping_due:
+            self._ping_due = False
+            await self._write(self._frames.ping())
 
     async def _catch_up(self) -> bool:
         """Serve from the log until it has nothing newer; True if it held the end."""
@@ -203,7 +267,7 @@ class Reader:
     async def _write_tokens(self, texts: list[str], ts: int) -> None:
         self._texts, self._bytes = [], 0
         last = self.sent + len(texts)
-        frame = sse.token_frame(last, texts, ts)
+        frame = self._frames.tokens(last, texts, ts)
         self.sent = last
         now_ns = time.time_ns()
         metrics.streamer_delivery_lag.record(max(0, now_ns - ts) / 1e9)
@@ -213,22 +277,14 @@ class Reader:
         await self._write(frame)
 
     async def _write_terminal(self, terminal: Done | Failed) -> bool:
-        if isinstance(terminal, Done):
-            payload = {k: v for k, v in _fields(terminal).items() if v is not None}
-            await self._write(sse.json_frame("done", payload, self.sent))
-        else:
-            error = {
-                "type": terminal.type,
-                "message": terminal.message,
-                "retryable": terminal.retryable,
-            }
-            await self._write(sse.json_frame("error", error))
+        await self._write(self._frames.terminal(terminal, self.sent))
         return True
 
     async def _write(self, data: bytes) -> None:
         self._write_since = time.monotonic()
         try:
             await self._response.write(data)
+            await self._drained()
         except (ConnectionError, RuntimeError) as exc:
             if self._stalled:
                 raise SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s") from None
@@ -236,24 +292,62 @@ class Reader:
         self._write_since = 0.0
         self._last_write = time.monotonic()
 
-    def check_stall(self, now: float) -> None:
-        """Called by the hub's watchdog: drop a reader whose write has hung too long.
+    async def _drained(self) -> None:
+        """Wait until the socket has taken every byte written so far.
 
-        One watchdog for all readers costs far less than a timeout around every write.
+        Meanwhile new tokens pile up and leave as one larger frame: a client that keeps up
+        gets each token at once, a slower one fewer, bigger frames. The wait counts as part
+        of the write for the stall watchdog. It polls with backoff because the transport
+        tells only when it crosses its high-water mark, not when it empties.
+        """
+        transport = self._transport
+        delay, longest = DRAIN_POLL_S
+        while transport is not None and transport.get_write_buffer_size():
+            if transport.is_closing():
+                raise ConnectionResetError("the connection closed with bytes unsent")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, longest)
+
+    def tick(self, now: float) -> None:
+        """The hub's once-a-second look at this reader, so that no frame pays for a timer.
+
+        Drops a reader whose write has hung past the stall timeout, asks for a ``ping``
+        on a quiet stream, and sends a reader whose live traffic went silent to the log
+        (a message lost while NATS reconnected must not leave it waiting forever).
         """
         if self._write_since and now - self._write_since > self._stall_timeout_s:
             self._stalled = True
             self._abort(SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s"))
+            return
+        if now - self._last_write >= self._heartbeat_s:
+            self._ping_due = True
+            self._wake.set()
+        if now - self._last_live >= IDLE_POLL_S:
+            self._last_live = now
+            self._behind = True
+            self._wake.set()
 
     def _abort(self, error: SlowConsumer) -> None:
-        """Tell a stalled client why, without waiting for it, and drop the connection."""
+        """Tell a stalled client why, without waiting for it, and reset the connection.
+
+        The error frame reaches the client only if its socket has room; the reset (rather
+        than a close that would wait for the peer to read) frees the kernel's send buffer at
+        once and shows the client a broken connection, which EventSource answers by resuming.
+        """
         if self._transport is None:
             return
-        frame = sse.json_frame(
-            "error", {"type": error.type, "message": error.message, "retryable": True}
-        )
-        self._transport.write(frame)
+        failed = Failed(type=error.type, message=error.message, retryable=True, tokens=self.sent)
+        self._transport.write(self._frames.terminal(failed, self.sent))
+        _set_socket_option(self._transport, socket.SO_LINGER, RESET_ON_CLOSE)
         self._transport.abort()
+
+
+def _set_socket_option(
+    transport: asyncio.Transport | None, option: int, value: int | bytes
+) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, option, value)
 
 
 def _fields(terminal: Done) -> dict[str, object]:

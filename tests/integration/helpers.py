@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.tools.client import Received, events
 
@@ -42,3 +43,17 @@ def sim(
     tokens: int = 20, tokens_per_s: float = 200, ttft_ms: int = 20, seed: int = 0
 ) -> dict[str, Any]:
     return {"tokens": tokens, "tokens_per_s": tokens_per_s, "ttft_ms": ttft_ms, "seed": seed}
+
+
+async def metric(
+    session: aiohttp.ClientSession, service_url: str, name: str, **labels: str
+) -> float:
+    """The sum of a service's ``/metrics`` samples named ``name`` whose labels include ``labels``."""
+    async with session.get(service_url + "/metrics") as response:
+        body = await response.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

@@ -1,0 +1,154 @@
+"""OpenAI chat-completions bodies, in both directions.
+
+The streamer decodes :class:`ChatRequest` and answers chunks, completions and errors;
+the runner's ``openai`` backend sends a :class:`ChatRequest` upstream and decodes the
+chunks it gets back. One set of Structs for both sides keeps them in agreement.
+Unknown request fields (``temperature``, ``user``, ...) are accepted and ignored, so
+clients that send them unasked keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from libs.common.api import Message, Name, SimParams, StreamRequest
+from libs.common.errors import InvalidRequest
+
+TokenLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
+class StreamOptions(msgspec.Struct, frozen=True):
+    include_usage: bool = False
+
+
+class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Body of ``POST /v1/chat/completions``; the sluice extras after ``n`` are optional."""
+
+    model: Name
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=1024)]
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    metadata: dict[str, Any] = {}
+    sim: SimParams | None = None
+    conversation_id: Name | None = None
+    supersede: bool | None = None
+    debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
+    abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
+    def stream_request(self) -> StreamRequest:
+        """The same request in sluice's own terms; ``max_completion_tokens`` wins over ``max_tokens``."""
+        limit = self.max_completion_tokens or self.max_tokens
+        fields: dict[str, Any] = {} if limit is None else {"max_tokens": limit}
+        return StreamRequest(
+            model=self.model,
+            messages=self.messages,
+            conversation_id=self.conversation_id,
+            supersede=self.supersede,
+            debounce_ms=self.debounce_ms,
+            abandon_after_s=self.abandon_after_s,
+            metadata=self.metadata,
+            sim=self.sim,
+            **fields,
+        )
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int = 0
+    delta: Delta = msgspec.field(default_factory=Delta)
+    finish_reason: str | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletionChunk(msgspec.Struct):
+    """One ``data:`` line of a streamed answer; the usage chunk has no choices."""
+
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChunkChoice] = []
+    usage: Usage | None = None
+
+
+class ErrorDetail(msgspec.Struct):
+    """OpenAI's error object; ``type`` carries sluice's error type unchanged."""
+
+    message: str = ""
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorDetail
+
+
+class UpstreamChunk(ChatCompletionChunk):
+    """A chunk as an upstream may send it, including an error reported mid-stream."""
+
+    error: ErrorDetail | str | None = None
+
+
+class CompletionMessage(msgspec.Struct):
+    content: str
+    role: str = "assistant"
+
+
+class CompletionChoice(msgspec.Struct):
+    message: CompletionMessage
+    finish_reason: str | None
+    index: int = 0
+
+
+class ChatCompletion(msgspec.Struct):
+    """The whole answer of a ``stream: false`` request."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    object: str = "chat.completion"
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    created: int = 0
+    object: str = "model"
+    owned_by: str = "sluice"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+_chat_request_decoder = msgspec.json.Decoder(ChatRequest)
+
+
+def decode_chat_request(body: bytes) -> ChatRequest:
+    """Decode and validate a chat request, raising :class:`InvalidRequest` with the reason."""
+    try:
+        return _chat_request_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(str(exc)) from None

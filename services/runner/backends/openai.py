@@ -1,0 +1,224 @@
+"""The ``openai`` backend: any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, OpenAI).
+
+It streams chat completions over aiohttp. Refusals before the first token (429, 5xx,
+an unreachable server) are retried up to ``max_retries`` times, since nothing has
+reached the client yet; after the first token any failure ends the stream, because
+a retry would repeat tokens. Every failure becomes an :class:`UpstreamError` that
+names what happened. Cancelling the task that iterates :meth:`OpenAIBackend.stream`
+closes the upstream connection at once: that is how the model server learns to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+
+from libs.common.errors import UpstreamError
+from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
+from libs.common.settings import ModelSpec
+from libs.common.wire import Submit
+from services.runner.backends import Outcome
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BACKOFF_S = (0.1, 0.5, 1.0)
+MAX_RETRY_AFTER_S = 5.0
+ERROR_BODY_BYTES = 4096
+_encode = msgspec.json.Encoder().encode
+_decode_chunk = msgspec.json.Decoder(UpstreamChunk).decode
+_decode_error = msgspec.json.Decoder(ErrorResponse).decode
+
+
+class Refusal(Exception):
+    """The upstream would not start the answer.
+
+    ``retry_after_s`` is None when a retry cannot help, else the wait it asked for (0: back off).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class OpenAIBackend:
+    def __init__(self, spec: ModelSpec) -> None:
+        self._spec = spec
+        self._url = spec.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if spec.api_key:
+            self._headers["Authorization"] = f"Bearer {spec.api_key}"
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=spec.connect_timeout_s, sock_read=spec.read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def stream(self, submit: Submit, outcome: Outcome) -> AsyncIterator[str]:
+        request = ChatRequest(
+            model=self._spec.upstream_model or submit.model,
+            messages=submit.messages,
+            max_tokens=submit.max_tokens,
+            stream=True,
+            stream_options=StreamOptions(include_usage=True),
+        )
+        response = await self._open(_encode(request), submit.id)
+        try:
+            async for text in self._tokens(response, outcome):
+                yield text
+        except BaseException:
+            response.close()
+            raise
+        response.release()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def _open(self, body: bytes, stream_id: str) -> aiohttp.ClientResponse:
+        """POST the request, retrying refusals that may pass; the 200 response, ready to read."""
+        attempt = 1
+        while True:
+            try:
+                return await self._post(body)
+            except Refusal as refusal:
+                if refusal.retry_after_s is None or attempt > self._spec.max_retries:
+                    tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise UpstreamError(refusal.message + tries) from None
+                delay = refusal.retry_after_s or BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
+                log.warning(
+                    "%s; retry %d of %d in %.2fs",
+                    refusal.message,
+                    attempt,
+                    self._spec.max_retries,
+                    delay,
+                    extra={"stream_id": stream_id},
+                )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _post(self, body: bytes) -> aiohttp.ClientResponse:
+        try:
+            response = await self._client().post(self._url, data=body, headers=self._headers)
+        except aiohttp.ClientError as exc:
+            message = f"cannot reach the model server at {self._url}: {_describe(exc)}"
+            raise Refusal(message, 0.0) from None
+        if response.status == 200:
+            return response
+        try:
+            detail = await _error_text(response)
+        finally:
+            response.release()
+        message = f"the model server answered {response.status}: {detail}"
+        if response.status not in RETRY_STATUSES:
+            raise Refusal(message, None)
+        raise Refusal(message, _retry_after(response))
+
+    async def _tokens(
+        self, response: aiohttp.ClientResponse, outcome: Outcome
+    ) -> AsyncIterator[str]:
+        """The answer's text pieces; a failure says how many had arrived."""
+        pieces = 0
+        try:
+            async for text in self._contents(response, outcome):
+                pieces += 1
+                yield text
+        except UpstreamError as exc:
+            raise UpstreamError(f"{exc.message} (after {pieces} tokens)") from None
+
+    async def _contents(
+        self, response: aiohttp.ClientResponse, outcome: Outcome
+    ) -> AsyncIterator[str]:
+        """The content of each chunk until ``[DONE]``, or until the end after a finish reason."""
+        finished = False
+        async for payload in self._events(response):
+            if payload == b"[DONE]":
+                return
+            chunk = _parse(payload)
+            if chunk.usage is not None:
+                outcome.prompt_tokens = chunk.usage.prompt_tokens
+                outcome.completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.finish_reason:
+                    outcome.finish_reason = choice.finish_reason
+                    finished = True
+                if choice.delta.content:
+                    yield choice.delta.content
+        if not finished:
+            raise UpstreamError("the model server ended the stream without finishing the answer")
+
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The ``data`` of each server-sent event; a line that is not SSE is an error."""
+        data: list[bytes] = []
+        while True:
+            line = await self._readline(response)
+            if not line:
+                return
+            line = line.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                data.append(value.removeprefix(b" "))
+            elif field not in (b"", b"event", b"id", b"retry"):
+                raise UpstreamError(
+                    f"the model server sent a line that is not server-sent events: {line[:80]!r}"
+                )
+
+    async def _readline(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.content.readline()
+        except TimeoutError:
+            raise UpstreamError(
+                f"the model server sent nothing for {self._spec.read_timeout_s:g}s"
+            ) from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError(f"the model server's stream broke: {_describe(exc)}") from None
+
+
+def _parse(payload: bytes) -> UpstreamChunk:
+    try:
+        chunk = _decode_chunk(payload)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"the model server sent garbage: {payload[:80]!r} ({exc})") from None
+    if chunk.error is not None:
+        detail = chunk.error if isinstance(chunk.error, str) else chunk.error.message
+        raise UpstreamError(f"the model server reported an error mid-stream: {detail}")
+    return chunk
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    """The upstream's own words for a refusal: its error message, else the start of its body."""
+    try:
+        raw = await response.content.read(ERROR_BODY_BYTES)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"(body unreadable: {_describe(exc)})"
+    try:
+        return _decode_error(raw).error.message or response.reason or ""
+    except msgspec.DecodeError:
+        return raw.decode(errors="replace").strip()[:200] or response.reason or ""
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    """The upstream's ``Retry-After`` in seconds, capped; 0 means use the backoff."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(response.headers.get("Retry-After", "0"))))
+    except ValueError:
+        return 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
