@@ -50,7 +50,12 @@ SubmitReply = Accepted | Rejected
 
 
 class RunnerHeartbeat(Wire, tag="heartbeat", frozen=True):
-    """runner → coordinators, every second and on every slot change."""
+    """runner → coordinators, every second (``full``) and on slot changes.
+
+    Only the periodic beat lists the running streams: slot-change beats come in
+    bursts when many streams start at once, and listing every stream in each made
+    starting n streams cost O(n²).
+    """
 
     runner_id: str
     slots_total: int
@@ -58,6 +63,7 @@ class RunnerHeartbeat(Wire, tag="heartbeat", frozen=True):
     models: list[str]
     running: list[str] = []
     stopping: bool = False
+    full: bool = True
 
 
 class Start(Wire, tag="start", frozen=True):

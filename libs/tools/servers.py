@@ -6,6 +6,7 @@ which is what fault tests want). Nothing here talks to a server someone else sta
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -119,6 +122,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         wait_for_port(self.port, timeout_s, self.process)
         return self
@@ -181,6 +185,19 @@ def redis_server(
         "--daemonize", "no",
     ]  # fmt: skip
     return Server("redis", port, argv, path)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies.
+
+    A test run that is killed (a timeout, Ctrl-C twice) then leaves no servers or
+    services behind to load the machine for whatever runs next.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.tools.servers import ServerError, child_env, free_port, terminate
+from libs.tools.servers import ServerError, child_env, die_with_parent, free_port, terminate
 
 SERVICES = ("coordinator", "runner", "streamer", "gateway")
 
@@ -35,6 +35,7 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 

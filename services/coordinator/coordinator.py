@@ -234,6 +234,9 @@ class Coordinator:
         if runner is not None:
             runner.reserved = max(0, runner.reserved - 1)
         if isinstance(verdict, Started):
+            if runner is not None:
+                runner.slots_free = max(0, runner.slots_free - 1)
+                runner.running.append(submit.id)
             metrics.coordinator_queue_wait.record(queued_s)
             if submit.conversation_id:
                 self._affinity[submit.conversation_id] = runner_id

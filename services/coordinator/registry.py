@@ -40,7 +40,7 @@ class RunnerRegistry:
             slots_total=beat.slots_total,
             slots_free=beat.slots_free,
             models=frozenset(beat.models),
-            running=beat.running,
+            running=beat.running if beat.full or known is None else known.running,
             last_seen=time.monotonic(),
             reserved=known.reserved if known else 0,
             stopping=beat.stopping,

@@ -1,11 +1,9 @@
-"""One generation on a runner: number the tokens, log them, publish them, obey cancel.
+"""One generation on a runner: pull tokens from the model, stamp them, obey cancel.
 
-Two tasks per generation. The producer pulls tokens from the backend and stamps
-them; the flusher writes them to the log and then publishes them. The first token
-goes out at once; after that flushes are at most one per ``SLUICE_RUNNER_FLUSH_MS``
-with up to ``SLUICE_RUNNER_FLUSH_TOKENS`` tokens per log entry, so at 50 tokens/s
-every token travels alone and at 10,000 tokens/s they travel in batches. While the
-log cannot be written (Redis restarting) tokens wait in a bounded buffer and the
+The producer task stamps each token and pushes it into the stream's buffer at the
+runner's :class:`~services.runner.logwriter.LogWriter`, which numbers, logs and
+publishes it (first token at once, then per the flush settings). While the log
+cannot be written (Redis restarting) tokens wait in that bounded buffer, and the
 producer stops pulling from the model once it is full.
 """
 
@@ -30,16 +28,13 @@ from libs.common.wire import (
     ReaderLease,
     StatusChange,
     Submit,
-    TokenBatch,
     lifecycle_codec,
-    tokens_codec,
 )
 from services.runner.backends import Backend, Outcome
-from services.runner.logwriter import LogWriter
+from services.runner.logwriter import LogWriter, TokenBuffer
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_TOKENS = 8_192
 RECENT_STAMPS = 4_096
 LEASE_HOLD = 1.5  # lease periods a lease holds: one, and slack for a late renewal
 
@@ -62,19 +57,10 @@ class Generation:
         self._log = log_writer
         self._nc = nc
         self._runner_id = runner_id
-        self._flush_s = settings.runner_flush_ms / 1000
-        self._flush_tokens = settings.runner_flush_tokens
         self._hold_s = settings.reader_lease_s * LEASE_HOLD
         self._leases: dict[str, float] = {}
-        self._texts: list[str] = []
-        self._stamps: list[int] = []
+        self._buffer = TokenBuffer(self.id)
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self._producing = True
-        self._last_flush = 0.0
-        self._flushed = 0
         self._producer: asyncio.Task[None] | None = None
         self.outcome = Outcome()
         self.count = 0
@@ -137,12 +123,9 @@ class Generation:
         self._producer = asyncio.create_task(self._produce())
         if reason:
             self.cancel(reason, requested_ns)
-        flusher = asyncio.create_task(self._flush_loop())
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
-        self._producing = False
-        self._wake.set()
-        await flusher
+        await self._log.drain(self._buffer)
         await self._finish(self._terminal(stopped_ns))
 
     async def _produce(self) -> None:
@@ -157,42 +140,10 @@ class Generation:
             self.count += 1
             if time.monotonic() > self.read_until:
                 self.unread += 1
-            self._texts.append(text)
-            self._stamps.append(now)
             self._recent.append(now)
-            self._wake.set()
-            if len(self._texts) >= MAX_PENDING_TOKENS:
-                self._space.clear()
-                await self._space.wait()
-
-    async def _flush_loop(self) -> None:
-        while self._producing or self._texts:
-            if not self._texts:
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            wait = self._last_flush + self._flush_s - time.monotonic()
-            if wait > 0 and self._producing and len(self._texts) < self._flush_tokens:
-                await asyncio.sleep(wait)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        self._last_flush = time.monotonic()
-        texts, stamps = self._texts, self._stamps
-        self._texts, self._stamps = [], []
-        self._space.set()
-        size = self._flush_tokens
-        batches = []
-        for offset in range(0, len(texts), size):
-            batch = TokenBatch(
-                first=self._flushed + 1 + offset,
-                texts=texts[offset : offset + size],
-                ts=stamps[offset],
-            )
-            batches.append((batch, tokens_codec.encode(batch)))
-        await self._log.write(self.id, batches)
-        self._flushed += len(texts)
-        metrics.runner_tokens.add(len(texts))
+            self._log.push(self._buffer, text, now)
+            if not self._buffer.space.is_set():
+                await self._buffer.space.wait()
 
     def _terminal(self, stopped_ns: int) -> Done | Failed:
         assert self._producer is not None

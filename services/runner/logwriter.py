@@ -1,35 +1,76 @@
-"""Group commit of token batches: one Redis round trip per cycle for all streams.
+"""Flush control and group commit for every generation of a runner.
 
-Every generation hands its flush to the writer and waits; the writer logs whatever
-has gathered since its last cycle in one pipeline, then publishes each batch. Under
-load a cycle carries many streams' batches, so the cost per token falls with the
-load instead of rising; at rest a batch goes out alone, at once. Log-before-publish
-holds per batch, and a stream's batches stay in order because each generation
-waits for its previous flush (so two of its batches are never in flight at once).
+Generations push each token into their stream's :class:`TokenBuffer` and never wait
+for the log. The writer decides when a stream flushes — the first token at once,
+then at most once per ``SLUICE_RUNNER_FLUSH_MS`` with up to
+``SLUICE_RUNNER_FLUSH_TOKENS`` tokens per log entry — and commits whatever is ready
+across all streams in one Redis pipeline, then publishes each batch. Up to
+``IN_FLIGHT`` commits run at once, so a token never waits for an earlier round trip;
+a stream has at most one batch in flight, so its entries are logged and published in
+order, and log-before-publish holds per batch. Under load one commit carries many
+streams, so the cost per token falls as load rises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import suppress
 
 from nats.aio.client import Client as NATS
 
-from libs.common import names
+from libs.common import metrics, names
 from libs.common.retry import retry_forever
 from libs.common.store import StreamStore
-from libs.common.wire import TokenBatch
+from libs.common.wire import TokenBatch, tokens_codec
 
 IN_FLIGHT = 4
+MAX_PENDING_TOKENS = 8_192
 
-Pending = tuple[str, list[tuple[TokenBatch, bytes]], asyncio.Future[None]]
+
+class TokenBuffer:
+    """One stream's tokens that are not logged yet, and where its numbering stands."""
+
+    __slots__ = (
+        "closing",
+        "idle",
+        "in_flight",
+        "last_flush",
+        "numbered",
+        "scheduled",
+        "space",
+        "stamps",
+        "stream_id",
+        "subject",
+        "texts",
+    )
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.subject = names.stream_subject(stream_id, "tokens")
+        self.texts: list[str] = []
+        self.stamps: list[int] = []
+        self.numbered = 0
+        self.last_flush = 0.0
+        self.in_flight = False
+        self.scheduled = False
+        self.closing = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.space = asyncio.Event()
+        self.space.set()
+
+
+Entry = tuple[TokenBuffer, TokenBatch, bytes]
 
 
 class LogWriter:
-    def __init__(self, store: StreamStore, nc: NATS) -> None:
+    def __init__(self, store: StreamStore, nc: NATS, flush_s: float, flush_tokens: int) -> None:
         self._store = store
         self._nc = nc
-        self._pending: list[Pending] = []
+        self._flush_s = flush_s
+        self._flush_tokens = flush_tokens
+        self._ready: dict[TokenBuffer, None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
@@ -46,40 +87,83 @@ class LogWriter:
             commit.cancel()
         await asyncio.gather(*self._commits, return_exceptions=True)
 
-    async def write(self, stream_id: str, batches: list[tuple[TokenBatch, bytes]]) -> None:
-        """Log then publish ``batches``; returns when both are done."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((stream_id, batches, done))
+    def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
+        """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""
+        buffer.texts.append(text)
+        buffer.stamps.append(stamp)
+        buffer.idle.clear()
+        if len(buffer.texts) >= MAX_PENDING_TOKENS:
+            buffer.space.clear()
+        self._consider(buffer)
+
+    async def drain(self, buffer: TokenBuffer) -> None:
+        """Flush what is left now, whatever the window, and wait until it is published."""
+        buffer.closing = True
+        self._consider(buffer)
+        await buffer.idle.wait()
+
+    def _consider(self, buffer: TokenBuffer) -> None:
+        if buffer.in_flight or buffer.scheduled or not buffer.texts:
+            return
+        wait = buffer.last_flush + self._flush_s - time.monotonic()
+        if wait > 0 and not buffer.closing and len(buffer.texts) < self._flush_tokens:
+            buffer.scheduled = True
+            asyncio.get_running_loop().call_later(wait, self._due, buffer)
+            return
+        self._ready[buffer] = None
         self._wake.set()
-        await done
+
+    def _due(self, buffer: TokenBuffer) -> None:
+        buffer.scheduled = False
+        self._consider(buffer)
 
     async def _loop(self) -> None:
-        """Start a commit as soon as there is work and a commit slot is free.
-
-        Up to ``IN_FLIGHT`` commits run at once, so a token never waits for an earlier
-        round trip to come back; when all are busy, the next one carries everything
-        that gathered meanwhile.
-        """
         slots = asyncio.Semaphore(IN_FLIGHT)
         while True:
             await self._wake.wait()
             await slots.acquire()
             self._wake.clear()
-            cycle, self._pending = self._pending, []
-            commit = asyncio.create_task(self._commit(cycle))
+            buffers = list(self._ready)
+            self._ready.clear()
+            commit = asyncio.create_task(self._commit(buffers, self._take(buffers)))
             self._commits.add(commit)
             commit.add_done_callback(self._commits.discard)
             commit.add_done_callback(lambda _: slots.release())
 
-    async def _commit(self, cycle: list[Pending]) -> None:
-        entries = [(sid, batch, payload) for sid, batches, _ in cycle for batch, payload in batches]
-        await retry_forever(lambda: self._store.append(entries), "log append", "*")
-        for stream_id, batches, done in cycle:
-            subject = names.stream_subject(stream_id, "tokens")
-            for _, payload in batches:
-                await self._publish(subject, payload, stream_id)
-            if not done.done():
-                done.set_result(None)
+    def _take(self, buffers: list[TokenBuffer]) -> list[Entry]:
+        """Number the buffers' pending tokens into log entries of at most flush_tokens."""
+        now = time.monotonic()
+        entries: list[Entry] = []
+        size = self._flush_tokens
+        for buffer in buffers:
+            texts, stamps = buffer.texts, buffer.stamps
+            buffer.texts, buffer.stamps = [], []
+            buffer.in_flight, buffer.last_flush = True, now
+            buffer.space.set()
+            for offset in range(0, len(texts), size):
+                batch = TokenBatch(
+                    first=buffer.numbered + 1 + offset,
+                    texts=texts[offset : offset + size],
+                    ts=stamps[offset],
+                )
+                entries.append((buffer, batch, tokens_codec.encode(batch)))
+            buffer.numbered += len(texts)
+        return entries
 
-    async def _publish(self, subject: str, payload: bytes, stream_id: str) -> None:
-        await retry_forever(lambda: self._nc.publish(subject, payload), "publish", stream_id)
+    async def _commit(self, buffers: list[TokenBuffer], entries: list[Entry]) -> None:
+        logged = [(buffer.stream_id, batch, payload) for buffer, batch, payload in entries]
+        await retry_forever(lambda: self._store.append(logged), "log append", "*")
+        for buffer, _, payload in entries:
+            await self._publish(buffer, payload)
+        metrics.runner_tokens.add(sum(len(batch.texts) for _, batch, _ in entries))
+        for buffer in buffers:
+            buffer.in_flight = False
+            if buffer.texts:
+                self._consider(buffer)
+            else:
+                buffer.idle.set()
+
+    async def _publish(self, buffer: TokenBuffer, payload: bytes) -> None:
+        await retry_forever(
+            lambda: self._nc.publish(buffer.subject, payload), "publish", buffer.stream_id
+        )

@@ -37,6 +37,7 @@ from services.runner.logwriter import LogWriter
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.25
+SLOT_BEAT_DELAY_S = 0.005
 
 
 class Runner:
@@ -48,12 +49,15 @@ class Runner:
         self._nc = nc
         self._store = store
         self._backends = backends
-        self._log = LogWriter(store, nc)
+        self._log = LogWriter(
+            store, nc, settings.runner_flush_ms / 1000, settings.runner_flush_tokens
+        )
         self.generations: dict[str, Generation] = {}
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.stopping = False
+        self._beat_pending = False
 
     @property
     def slots_free(self) -> int:
@@ -151,19 +155,27 @@ class Runner:
         return handle
 
     def _changed(self) -> None:
-        """Tell coordinators at once that a slot was taken or freed."""
-        task = asyncio.create_task(self.heartbeat())
+        """Tell coordinators soon that slots were taken or freed, once per burst of changes."""
+        if self._beat_pending:
+            return
+        self._beat_pending = True
+        asyncio.get_running_loop().call_later(SLOT_BEAT_DELAY_S, self._slot_beat)
+
+    def _slot_beat(self) -> None:
+        self._beat_pending = False
+        task = asyncio.create_task(self.heartbeat(full=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, full: bool = True) -> None:
         beat = RunnerHeartbeat(
             runner_id=self.id,
             slots_total=self.settings.runner_slots,
             slots_free=0 if self.stopping else self.slots_free,
             models=sorted(self._backends),
-            running=list(self.generations),
+            running=list(self.generations) if full else [],
             stopping=self.stopping,
+            full=full,
         )
         with suppress(Exception):
             await self._nc.publish(names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))

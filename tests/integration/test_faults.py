@@ -22,7 +22,7 @@ from libs.common import names
 from libs.tools.client import SluiceClient
 from libs.tools.servers import Server
 from libs.tools.stack import Service, Stack
-from services.runner.generation import MAX_PENDING_TOKENS
+from services.runner.logwriter import MAX_PENDING_TOKENS
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import sim
 from tests.integration.resumable import Transcript, expected_text, follow, wait_until, with_streamer
