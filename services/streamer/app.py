@@ -79,19 +79,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         stall_timeout_s=settings.stall_timeout_s,
         send_buffer_bytes=settings.conn_sndbuf_bytes,
     )
-    metrics.streamer_open_connections.add(1)
     if after:
         metrics.streamer_resumes.add(1)
-    try:
-        await hub.attach(reader)
+    async with hub.reading(reader):
         context = tracing.parent_of(meta.traceparent)
         with tracing.stream_span("deliver", stream_id, context, SpanKind.SERVER):
-            reason = await reader.serve(StatusChange(status=meta.status))
-    finally:
-        metrics.streamer_open_connections.add(-1)
-        await hub.detach(reader)
-    if reason != "done":
-        metrics.streamer_disconnects.add(1, {"reason": reason})
+            await reader.serve(StatusChange(status=meta.status))
     return response
 
 

@@ -225,20 +225,11 @@ async def _serve(
     request: web.Request, reader: Reader, message: Submit, response: web.StreamResponse | None
 ) -> str:
     """Subscribe, submit, then serve; subscribing first means no token is published unseen."""
-    hub = request.app[HUB]
-    metrics.streamer_open_connections.add(1)
-    try:
-        await hub.attach(reader)
+    async with request.app[HUB].reading(reader):
         accepted = await submit(request.app[NATS_CLIENT], request.app[SETTINGS], message)
         if response is not None:
             await response.prepare(request)
-        reason = await reader.serve(StatusChange(status=accepted.status))
-    finally:
-        metrics.streamer_open_connections.add(-1)
-        await hub.detach(reader)
-    if reason != "done":
-        metrics.streamer_disconnects.add(1, {"reason": reason})
-    return reason
+        return await reader.serve(StatusChange(status=accepted.status))
 
 
 async def _stream(

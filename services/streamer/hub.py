@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from libs.common import names
+from libs.common import metrics, names
 from libs.common.wire import (
     Pace,
     ReaderLease,
@@ -80,6 +80,17 @@ class Hub:
             self._lease_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._lease_task
+
+    @asynccontextmanager
+    async def reading(self, reader: Reader) -> AsyncIterator[None]:
+        """Hold ``reader`` attached (and counted as an open connection) for the block."""
+        metrics.streamer_open_connections.add(1)
+        try:
+            await self.attach(reader)
+            yield
+        finally:
+            metrics.streamer_open_connections.add(-1)
+            await self.detach(reader)
 
     async def attach(self, reader: Reader) -> None:
         """Add a reader; returns once the live subscription is in place at the server.

@@ -187,8 +187,15 @@ class Reader:
     async def serve(self, first_status: StatusChange) -> str:
         """Write until the stream ends, the client leaves or the server shuts down.
 
-        Returns why it stopped: ``done``, ``client_gone``, ``slow_consumer`` or ``shutdown``.
+        Returns why it stopped: ``done``, ``client_gone``, ``slow_consumer`` or
+        ``shutdown``; every reason but ``done`` counts as a disconnect.
         """
+        reason = await self._serve(first_status)
+        if reason != "done":
+            metrics.streamer_disconnects.add(1, {"reason": reason})
+        return reason
+
+    async def _serve(self, first_status: StatusChange) -> str:
         self.status(first_status)
         try:
             await self._write(self._frames.opening() + b"".join(self._statuses))

@@ -57,3 +57,25 @@ async def metric(
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+async def read_until_tokens(
+    session: aiohttp.ClientSession,
+    url: str,
+    count: int,
+    received: list[Received],
+    timeout_s: float = 15.0,
+) -> asyncio.Task[None]:
+    """Follow ``url`` in a task into ``received``; return once ``count`` tokens arrived."""
+    enough = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in events(session, url):
+            received.append(event)
+            if sum(t["n"] for t in tokens(received)) >= count:
+                enough.set()
+        enough.set()
+
+    task = asyncio.create_task(follow())
+    await asyncio.wait_for(enough.wait(), timeout_s)
+    return task

@@ -13,30 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common import names
 from libs.common.wire import Cancel, control_codec
-from libs.tools.client import Received, SluiceClient, events
+from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
-from tests.integration.helpers import final, read_stream, sim, text, tokens
+from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens
 
 TIMEOUT_S = 15.0
 SLOW = sim(tokens=1000, tokens_per_s=50, ttft_ms=20)
-
-
-async def read_until_tokens(
-    session: aiohttp.ClientSession, url: str, count: int, received: list[Received]
-) -> asyncio.Task[None]:
-    """Follow ``url`` in a task into ``received``; return once ``count`` tokens arrived."""
-    enough = asyncio.Event()
-
-    async def follow() -> None:
-        async for event in events(session, url):
-            received.append(event)
-            if sum(t["n"] for t in tokens(received)) >= count:
-                enough.set()
-        enough.set()
-
-    task = asyncio.create_task(follow())
-    await asyncio.wait_for(enough.wait(), TIMEOUT_S)
-    return task
 
 
 async def wasted(session: aiohttp.ClientSession, stack: Stack, kind: str) -> float:

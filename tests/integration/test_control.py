@@ -13,10 +13,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from libs.tools.client import Received, SluiceClient, events
+from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
-from tests.integration.helpers import final, read_stream, sim, text, tokens
+from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens
 
 TIMEOUT_S = 15.0
 SLOW = sim(tokens=1000, tokens_per_s=50, ttft_ms=20)
@@ -95,24 +95,6 @@ async def connect(
 async def control(session: aiohttp.ClientSession, stack: Stack) -> AsyncIterator[Control]:
     async for socket in connect(session, stack.gateway):
         yield socket
-
-
-async def read_until_tokens(
-    session: aiohttp.ClientSession, url: str, count: int, received: list[Received]
-) -> asyncio.Task[None]:
-    """Follow ``url`` in a task into ``received``; return once ``count`` tokens arrived."""
-    enough = asyncio.Event()
-
-    async def follow() -> None:
-        async for event in events(session, url):
-            received.append(event)
-            if sum(t["n"] for t in tokens(received)) >= count:
-                enough.set()
-        enough.set()
-
-    task = asyncio.create_task(follow())
-    await asyncio.wait_for(enough.wait(), TIMEOUT_S)
-    return task
 
 
 async def test_ping_gets_pong_with_its_ref(control: Control) -> None:
