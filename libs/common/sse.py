@@ -8,11 +8,13 @@ NUL, ``retry`` digits only, an event with no data is not dispatched).
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 
 import msgspec
 
 RETRY = b"retry: 1000\n\n"
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class TokenData(msgspec.Struct, array_like=False):
@@ -76,21 +78,12 @@ class SSEParser:
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]
         self._pending_cr = False
-        self._buffer += text
+        data = self._buffer + text
+        lines = data.split("\n") if "\r" not in data else _LINE_END.split(data)
+        self._buffer = lines.pop()
+        self._pending_cr = data.endswith("\r")
         events: list[Event] = []
-        while True:
-            index = _line_end(self._buffer)
-            if index < 0:
-                break
-            line = self._buffer[:index]
-            terminator = self._buffer[index]
-            rest = self._buffer[index + 1 :]
-            if terminator == "\r":
-                if rest.startswith("\n"):
-                    rest = rest[1:]
-                elif not rest:
-                    self._pending_cr = True
-            self._buffer = rest
+        for line in lines:
             event = self._line(line)
             if event is not None:
                 events.append(event)
@@ -123,12 +116,3 @@ class SSEParser:
         if not has_data:
             return None
         return Event(event_type, data, self.last_event_id, self.retry)
-
-
-def _line_end(buffer: str) -> int:
-    cr, lf = buffer.find("\r"), buffer.find("\n")
-    if cr < 0:
-        return lf
-    if lf < 0:
-        return cr
-    return min(cr, lf)
