@@ -46,6 +46,20 @@ class Message(msgspec.Struct, frozen=True):
         return "".join(part.text for part in self.content if part.type == "text")
 
 
+StopSequences = Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta(max_length=4)]
+
+
+class Sampling(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Decoding parameters handed to an upstream model as they are; ``sim`` ignores them."""
+
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    stop: StopSequences | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    seed: int | None = None
+
+
 class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Body of ``POST /v1/streams`` and of a WebSocket ``submit`` frame."""
 
@@ -59,6 +73,7 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
     metadata: dict[str, Any] = {}
     sim: SimParams | None = None
+    sampling: Sampling | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from libs.common.api import Message, Name, SimParams, StreamRequest
+from libs.common.api import Message, Name, Sampling, SimParams, StopSequences, StreamRequest
 from libs.common.errors import InvalidRequest
 
 TokenLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
@@ -22,6 +22,9 @@ TokenLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
 
 class StreamOptions(msgspec.Struct, frozen=True):
     include_usage: bool = False
+
+
+SAMPLING_FIELDS = tuple(field.name for field in msgspec.structs.fields(Sampling))
 
 
 class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -40,6 +43,19 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     supersede: bool | None = None
     debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    stop: StopSequences | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> Sampling | None:
+        """The decoding parameters, validated once more by :class:`Sampling`'s limits."""
+        fields = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        given = {name: value for name, value in fields.items() if value is not None}
+        return msgspec.convert(given, Sampling) if given else None
 
     @property
     def include_usage(self) -> bool:
@@ -58,6 +74,7 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
             abandon_after_s=self.abandon_after_s,
             metadata=self.metadata,
             sim=self.sim,
+            sampling=self.sampling,
             **fields,
         )
 

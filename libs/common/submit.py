@@ -47,6 +47,7 @@ def build_submit(
         debounce_ms=request.debounce_ms,
         abandon_after_s=request.resolved_abandon_after_s(default_abandon_s),
         sim=request.sim,
+        sampling=request.sampling,
     )
 
 

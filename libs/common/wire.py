@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from libs.common.api import Message, SimParams
+from libs.common.api import Message, Sampling, SimParams
 
 
 class Wire(msgspec.Struct, frozen=True, tag_field="k"):
@@ -33,6 +33,7 @@ class Submit(Wire, tag="submit", frozen=True):
     debounce_ms: int = 0
     abandon_after_s: float | None = 30.0
     sim: SimParams | None = None
+    sampling: Sampling | None = None
 
 
 class Accepted(Wire, tag="accepted", frozen=True):

@@ -281,6 +281,27 @@ async def test_cancel_closes_the_upstream_connection_at_once(
     assert request["messages"] == hello("forever") and request["max_tokens"] == 256
 
 
+async def test_sampling_parameters_reach_the_upstream_as_they_are(
+    client_b: SluiceClient, session: aiohttp.ClientSession, relay_stack: Stack, fake: FakeUpstream
+) -> None:
+    sampling = {"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7}
+    fake.answer_with(fake.paced(3, 0.001))
+    created = await client_b.create(model="fake", messages=hello("native"), sampling=sampling)
+    await read_stream(session, created["events_url"])
+    async with openai.AsyncOpenAI(
+        base_url=f"{relay_stack.streamer}/v1", api_key=API_KEY, max_retries=0
+    ) as sdk:
+        await sdk.chat.completions.create(
+            model="fake", messages=hello("sdk"), frequency_penalty=0.5, **sampling
+        )
+    native, via_sdk = fake.requests[-2:]
+    assert {key: native[key] for key in sampling} == sampling
+    assert {key: via_sdk[key] for key in sampling} == sampling
+    assert via_sdk["frequency_penalty"] == 0.5 and "frequency_penalty" not in native
+    status, answer = await client_b.create_raw(b'{"prompt": "x", "sampling": {"temperature": 9}}')
+    assert status == 400 and "`$.sampling.temperature`" in answer["error"]["message"]
+
+
 async def test_abandon_closes_the_upstream_connection(
     client_b: SluiceClient, fake: FakeUpstream
 ) -> None:

@@ -65,6 +65,7 @@ class OpenAIBackend:
             max_tokens=submit.max_tokens,
             stream=True,
             stream_options=StreamOptions(include_usage=True),
+            **(msgspec.structs.asdict(submit.sampling) if submit.sampling else {}),
         )
         response = await self._open(_encode(request), submit.id)
         try:
