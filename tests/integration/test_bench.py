@@ -1,0 +1,49 @@
+"""The benchmark's own commands run end to end and report what they measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from libs.tools.servers import child_env
+
+
+def bench(tmp_path: Path, *argv: str) -> dict[str, object]:
+    out = tmp_path / "figures.json"
+    command = [sys.executable, "-m", "libs.tools.cli", "bench", *argv, "--json", str(out)]
+    finished = subprocess.run(command, env=child_env({}), capture_output=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    return dict(json.loads(out.read_text()))
+
+
+@pytest.mark.slow
+def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: Path) -> None:
+    figures = bench(tmp_path, "latency", "--streams", "5", "--tokens", "20", "--ramp-s", "0")
+    assert figures["tokens_delivered"] == figures["tokens_expected"] == 100
+    assert figures["errors"] == {}
+    delivery = figures["delivery_ms"]
+    assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] > 0
+
+
+@pytest.mark.slow
+def test_bench_upstream_compares_the_direct_route_with_sluice(tmp_path: Path) -> None:
+    figures = bench(
+        tmp_path,
+        "upstream",
+        "--streams",
+        "2",
+        "--rounds",
+        "1",
+        "--tokens",
+        "10",
+        "--interval-ms",
+        "5",
+    )
+    assert figures["incomplete_streams"] == 0
+    for route in ("direct", "sluice"):
+        assert figures[f"{route}_token_latency_ms"]["n"] == 20  # type: ignore[index]
+        assert figures[f"{route}_ttft_ms"]["n"] == 2  # type: ignore[index]
