@@ -6,7 +6,7 @@ Validation is decoding: constraints live on the types, so a bad body fails in
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -118,15 +118,22 @@ class ErrorEnvelope(msgspec.Struct):
     error: ErrorBody
 
 
+T = TypeVar("T")
+
+
+def decode_with(decoder: msgspec.json.Decoder[T], body: str | bytes) -> T:
+    """Decode and validate ``body``; a bad one raises :class:`InvalidRequest` with the reason."""
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 _request_decoder = msgspec.json.Decoder(StreamRequest)
 
 
 def decode_request(body: bytes) -> StreamRequest:
-    """Decode and validate a stream request, raising :class:`InvalidRequest` with the reason."""
-    try:
-        return _request_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(str(exc)) from None
+    return decode_with(_request_decoder, body)
 
 
 def convert_request(fields: dict[str, Any]) -> StreamRequest:
@@ -197,11 +204,8 @@ _frame_decoder = msgspec.json.Decoder(ClientFrame)
 
 def decode_frame(text: str | bytes) -> ClientFrame:
     """Decode one control frame; a malformed one raises :class:`InvalidRequest`."""
-    try:
-        frame: ClientFrame = _frame_decoder.decode(text)
-        return frame
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(str(exc)) from None
+    frame: ClientFrame = decode_with(_frame_decoder, text)
+    return frame
 
 
 class ServerFrame(msgspec.Struct, tag_field="type", omit_defaults=True):

@@ -14,8 +14,15 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from libs.common.api import Message, Name, Sampling, SimParams, StopSequences, StreamRequest
-from libs.common.errors import InvalidRequest
+from libs.common.api import (
+    Message,
+    Name,
+    Sampling,
+    SimParams,
+    StopSequences,
+    StreamRequest,
+    decode_with,
+)
 
 TokenLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
 
@@ -164,8 +171,4 @@ _chat_request_decoder = msgspec.json.Decoder(ChatRequest)
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
-    """Decode and validate a chat request, raising :class:`InvalidRequest` with the reason."""
-    try:
-        return _chat_request_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(str(exc)) from None
+    return decode_with(_chat_request_decoder, body)
