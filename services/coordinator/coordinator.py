@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from libs.common import metrics, names, tracing
 from libs.common.control import end_stream, request_cancel
-from libs.common.retry import TRANSIENT
+from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import (
@@ -312,14 +312,18 @@ class Coordinator:
             self._announce_positions(again=True)
 
     async def _fail_lost(self, stream_id: str, runner_id: str) -> None:
-        meta = await self._store.meta(stream_id)
+        """End a lost runner's stream; Redis being down too only delays it (retried)."""
+        meta = await retry_forever(lambda: self._store.meta(stream_id), "read meta", stream_id)
         if meta is None or meta.runner_id not in ("", runner_id):
             return
+        logged = await retry_forever(
+            lambda: self._store.logged_tokens(stream_id), "read log", stream_id
+        )
         failed = Failed(
             type="runner_lost",
             message=f"runner {runner_id} stopped answering; resume to read what was generated",
             retryable=True,
-            tokens=await self._store.logged_tokens(stream_id),
+            tokens=logged,
         )
         if await end_stream(self._nc, self._store, stream_id, failed, tokens=failed.tokens):
             metrics.runner_lost.add(1)
