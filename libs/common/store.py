@@ -35,6 +35,8 @@ return 1
 
 _START = """
 if redis.call('HEXISTS', KEYS[1], 'finished_ns') == 1 then return nil end
+local owner = redis.call('HGET', KEYS[1], 'runner_id')
+if owner and owner ~= '' and owner ~= ARGV[1] then return nil end
 redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1], 'started_ns', ARGV[2])
 return redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns')
 """
@@ -146,9 +148,12 @@ class StreamStore:
         return int(_text(entries[0][0] or b"0-0").split("-")[1])
 
     async def mark_running(self, stream_id: str, runner_id: str) -> tuple[str, int] | None:
-        """Record the start unless the stream already ended; returns (cancel reason, ns).
+        """Record the start unless the stream ended or another runner has it.
 
-        None means the stream ended before it could start (cancelled while placed).
+        Returns (cancel reason, ns) of a cancel recorded meanwhile. None means: do not
+        generate — the stream ended before it could start (cancelled while placed), or a
+        start that arrived late (the coordinator gave up on this runner and placed the
+        stream elsewhere) lost to the runner that started first.
         """
         result = await self._start(
             keys=[names.meta_key(stream_id)], args=[runner_id, time.time_ns()]
