@@ -19,7 +19,6 @@ from libs.common.api import (
     Name,
     Sampling,
     SimParams,
-    StopSequences,
     StreamRequest,
     decode_with,
 )
@@ -34,8 +33,12 @@ class StreamOptions(msgspec.Struct, frozen=True):
 SAMPLING_FIELDS = tuple(field.name for field in msgspec.structs.fields(Sampling))
 
 
-class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Body of ``POST /v1/chat/completions``; the sluice extras after ``n`` are optional."""
+class ChatRequest(
+    Sampling, frozen=True, omit_defaults=True, kw_only=True, forbid_unknown_fields=False
+):
+    """Body of ``POST /v1/chat/completions``: the decoding parameters of :class:`Sampling`,
+    the OpenAI fields, then sluice's optional extras; other OpenAI fields are ignored.
+    """
 
     model: Name
     messages: Annotated[list[Message], Meta(min_length=1, max_length=1024)]
@@ -50,19 +53,12 @@ class ChatRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     supersede: bool | None = None
     debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    stop: StopSequences | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    seed: int | None = None
 
     @property
     def sampling(self) -> Sampling | None:
-        """The decoding parameters, validated once more by :class:`Sampling`'s limits."""
-        fields = {name: getattr(self, name) for name in SAMPLING_FIELDS}
-        given = {name: value for name, value in fields.items() if value is not None}
-        return msgspec.convert(given, Sampling) if given else None
+        """Just the decoding parameters, or None when the request sets none."""
+        given = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        return Sampling(**given) if any(v is not None for v in given.values()) else None
 
     @property
     def include_usage(self) -> bool:
