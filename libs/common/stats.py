@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from prometheus_client.metrics_core import Metric
 
 from libs.common import names
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import Codec, Wire
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,7 @@ class StatsPublisher:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _loop(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from libs.common.control import end_stream, request_cancel
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamMeta, StreamStore
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Accepted,
     Cancel,
@@ -84,11 +85,7 @@ class Coordinator:
         await self._nc.publish(names.RUNNER_ANNOUNCE, b"")
 
     async def stop(self) -> None:
-        if self._liveness is not None:
-            self._liveness.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([self._liveness, *self._tasks])
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coroutine)

@@ -41,6 +41,7 @@ from libs.common.api import (
     frame_ref,
 )
 from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import lifecycle_codec
 from services.gateway.streams import Streams
 
@@ -87,9 +88,7 @@ class ControlSession:
                 elif message.type == WSMsgType.ERROR:
                     break
         finally:
-            sender.cancel()
-            with suppress(asyncio.CancelledError):
-                await sender
+            await cancel_and_wait([sender])
             for stream_id in list(self._watches):
                 await self._unwatch(stream_id)
 

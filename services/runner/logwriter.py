@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import suppress
 
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
 from libs.common.retry import retry_forever
 from libs.common.store import StreamStore
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import TokenBatch, tokens_codec
 
 IN_FLIGHT = 4
@@ -79,13 +79,7 @@ class LogWriter:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        for commit in list(self._commits):
-            commit.cancel()
-        await asyncio.gather(*self._commits, return_exceptions=True)
+        await cancel_and_wait([self._task, *self._commits])
 
     def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
         """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""

@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 from libs.common import metrics, names, tracing
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Cancel,
     Refused,
@@ -81,11 +82,7 @@ class Runner:
         running = [task for task in self._tasks if not task.done()]
         if running:
             await asyncio.wait(running, timeout=drain_s)
-        for loop in self._loops:
-            loop.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._loops, *self._tasks])
         await self._log.stop()
 
     async def _on_announce(self, msg: Msg) -> None:

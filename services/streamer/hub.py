@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from libs.common import metrics, names
+from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Pace,
     ReaderLease,
@@ -76,10 +77,7 @@ class Hub:
         self._lease_task = asyncio.create_task(self._lease_loop())
 
     async def stop(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._lease_task
+        await cancel_and_wait([self._lease_task])
 
     @asynccontextmanager
     async def reading(self, reader: Reader) -> AsyncIterator[None]:

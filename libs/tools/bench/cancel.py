@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,7 @@ class Sample:
     abandon_unread: list[float] = field(default_factory=list)
     abandon_tokens: list[float] = field(default_factory=list)
     gone_to_stop_s: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,13 +102,13 @@ async def read_and_cancel(
         elif event.type == "done":
             done = event.json()
             if done["finish_reason"] != "cancelled":
-                sample.error(f"finished_{done['finish_reason']}")
+                sample.errors[f"finished_{done['finish_reason']}"] += 1
                 return
             sample.cancel_to_done_ms.append((event.at_ns - sent_ns) / 1e6)
             sample.cancel_to_stop_ms.append(done["cancel_to_stop_ms"])
             sample.tokens_after_cancel.append(done["tokens_after_cancel"])
         elif event.type == "error":
-            sample.error(event.json().get("type", "error"))
+            sample.errors[event.json().get("type", "error")] += 1
 
 
 async def abandoned_stream(
@@ -130,21 +128,21 @@ async def abandoned_stream(
         _, info = await client.get(created["id"])
         if info.get("finished_at"):
             if info["status"] != "abandoned":
-                sample.error(f"finished_{info['status']}")
+                sample.errors[f"finished_{info['status']}"] += 1
                 return
             sample.abandon_unread.append(info["tokens_unread"])
             sample.abandon_tokens.append(info["tokens"])
             sample.gone_to_stop_s.append(info["finished_at"] - gone)
             return
         await asyncio.sleep(POLL_S)
-    sample.error("never_abandoned")
+    sample.errors["never_abandoned"] += 1
 
 
 async def guarded(coroutine: Any, sample: Sample) -> None:
     try:
         await coroutine
     except Exception as exc:
-        sample.error(type(exc).__name__)
+        sample.errors[type(exc).__name__] += 1
 
 
 async def run_all(args: argparse.Namespace, gateway: str) -> Sample:
@@ -198,7 +196,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "reader_gone_to_stop_s": summary(sample.gone_to_stop_s),
         "abandon_after_s": args.abandon_after_s,
         "elapsed_s": elapsed,
-        "errors": sample.errors,
+        "errors": dict(sample.errors),
     }
     emit(
         f"cancel: {args.streams} streams cancelled over {args.via} after "
@@ -211,7 +209,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("tokens unread, per abandoned stream", sample.abandon_unread, "tokens"),
             line("reader gone -> model stopped", sample.gone_to_stop_s, "s"),
             f"  tokens after cancel in all: {result['tokens_after_cancel_total']:g}; "
-            f"elapsed {elapsed:.1f}s; errors {sample.errors or 'none'}",
+            f"elapsed {elapsed:.1f}s; errors {dict(sample.errors) or 'none'}",
         ],
         result,
         args.json,

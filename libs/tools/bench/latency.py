@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import multiprocessing
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +27,14 @@ class Sample:
     status_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
     tokens: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Sample) -> None:
         self.ttft_ms += other.ttft_ms
         self.status_ms += other.status_ms
         self.delivery_ms += other.delivery_ms
         self.tokens += other.tokens
-        for key, count in other.errors.items():
-            self.errors[key] = self.errors.get(key, 0) + count
+        self.errors.update(other.errors)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,9 +72,9 @@ async def one_stream(
                 sample.tokens += data["n"]
             elif received.type == "error":
                 kind = received.json().get("type", "error")
-                sample.errors[kind] = sample.errors.get(kind, 0) + 1
+                sample.errors[kind] += 1
     except Exception as exc:
-        sample.errors[type(exc).__name__] = sample.errors.get(type(exc).__name__, 0) + 1
+        sample.errors[type(exc).__name__] += 1
 
 
 async def run_streams(
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "tokens_expected": args.streams * args.tokens,
         "delivered_tokens_per_s": total.tokens / elapsed if elapsed else 0.0,
         "elapsed_s": elapsed,
-        "errors": total.errors,
+        "errors": dict(total.errors),
     }
     emit(
         f"latency: {args.streams} streams x {args.tokens} tokens at {args.tokens_per_s:g} tokens/s "
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("time to first token (client)", total.ttft_ms),
             line("per-token delivery latency", total.delivery_ms),
             f"  tokens delivered {total.tokens}/{args.streams * args.tokens} "
-            f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {total.errors or 'none'}",
+            f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {dict(total.errors) or 'none'}",
         ],
         result,
         args.json,

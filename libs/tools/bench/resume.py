@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -30,10 +31,7 @@ class Sample:
     resume_ms: list[float] = field(default_factory=list)
     status_ms: list[float] = field(default_factory=list)
     streams_exact: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-
-    def fault(self, kind: str) -> None:
-        self.faults[kind] = self.faults.get(kind, 0) + 1
+    faults: Counter[str] = field(default_factory=Counter)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +75,7 @@ async def one_connection(
                 if frames == 0 and resume_id:
                     sample.resume_ms.append((time.perf_counter() - started) * 1000)
                 if data["seq"] - data["n"] != cursor.last:
-                    sample.fault("gap_or_repeat")
+                    sample.faults["gap_or_repeat"] += 1
                 cursor.last = data["seq"]
                 frames += 1
                 if frames >= frames_wanted:
@@ -85,7 +83,7 @@ async def one_connection(
             elif received.type in ("done", "error"):
                 cursor.ended = True
                 if received.type == "error":
-                    sample.fault(received.json()["type"])
+                    sample.faults[received.json()["type"]] += 1
                 return
 
 
@@ -111,9 +109,9 @@ async def one_stream(
         if cursor.last == args.tokens:
             sample.streams_exact += 1
         else:
-            sample.fault("short")
+            sample.faults["short"] += 1
     except Exception as exc:
-        sample.fault(type(exc).__name__)
+        sample.faults[type(exc).__name__] += 1
 
 
 async def run_streams(gateway: str, args: argparse.Namespace) -> Sample:
@@ -142,7 +140,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "resume_ms": summary(sample.resume_ms),
         "resume_status_ms": summary(sample.status_ms),
         "streams_exact": sample.streams_exact,
-        "faults": sample.faults,
+        "faults": dict(sample.faults),
         "elapsed_s": elapsed,
     }
     emit(
@@ -152,7 +150,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("reconnect to its status event", sample.status_ms),
             line("reconnect to first resumed token", sample.resume_ms),
             f"  streams complete and exact {sample.streams_exact}/{args.streams} "
-            f"in {elapsed:.1f}s; faults {sample.faults or 'none'}",
+            f"in {elapsed:.1f}s; faults {dict(sample.faults) or 'none'}",
         ],
         result,
         args.json,
