@@ -13,7 +13,6 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from libs.common import names
 from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
@@ -32,6 +31,16 @@ if tenant then redis.call('SREM', 'sluice:tenant:' .. tenant .. ':active', KEYS[
 return 1
 """
 
+
+_APPEND = """
+for i = 1, #KEYS do
+  local added = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], ARGV[2 * i], 'm', ARGV[2 * i + 1])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+    return added
+  end
+end
+return #KEYS
+"""
 
 _START = """
 if redis.call('HEXISTS', KEYS[1], 'finished_ns') == 1 then return nil end
@@ -99,6 +108,7 @@ class StreamStore:
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self.read_chunk = READ_CHUNK
+        self._append = redis.register_script(_APPEND)
         self._finish = redis.register_script(_FINISH)
         self._start = redis.register_script(_START)
 
@@ -120,25 +130,19 @@ class StreamStore:
         await self.redis.hset(names.meta_key(stream_id), mapping=_as_fields(fields))
 
     async def append(self, entries: list[tuple[str, TokenBatch, bytes]]) -> None:
-        """Log batches of any number of streams in one round trip.
+        """Log batches of any number of streams in one command.
 
-        A replayed batch (a retry after a lost reply) is refused by Redis as a
-        duplicate id, which is exactly the idempotence a retry needs.
+        One script call instead of a pipeline of XADDs: redis-py spends ~20 µs of
+        client CPU on each pipelined command and ~2 µs on each script argument. A
+        replayed batch (a retry after a lost reply) is refused by Redis as a
+        duplicate id and skipped, which is exactly the idempotence a retry needs.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream_id, batch, payload in entries:
-                pipe.xadd(
-                    names.log_key(stream_id),
-                    {b"m": payload},
-                    id=f"0-{batch.last}",
-                    maxlen=self.maxlen,
-                )
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" in str(result):
-                continue
-            if isinstance(result, Exception):
-                raise result
+        keys: list[str] = []
+        args: list[bytes | int] = [self.maxlen]
+        for stream_id, batch, payload in entries:
+            keys.append(names.log_key(stream_id))
+            args += (b"0-%d" % batch.last, payload)
+        await self._append(keys=keys, args=args)
 
     async def logged_tokens(self, stream_id: str) -> int:
         """How many tokens the log holds: the id of its last token entry."""

@@ -1,10 +1,10 @@
-"""One generation on a runner: pull tokens from the model, stamp them, obey cancel.
+"""One generation on a runner: take tokens from the model, stamp them, obey cancel.
 
-The producer task stamps each token and pushes it into the stream's buffer at the
-runner's :class:`~services.runner.logwriter.LogWriter`, which numbers, logs and
-publishes it (first token at once, then per the flush settings). While the log
-cannot be written (Redis restarting) tokens wait in that bounded buffer, and the
-producer stops pulling from the model once it is full.
+The generation is its backend's sink: it stamps each token and pushes it into the
+stream's buffer at the runner's :class:`~services.runner.logwriter.LogWriter`, which
+numbers, logs and publishes it (first token at once, then per the flush settings).
+While the log cannot be written (Redis restarting) tokens wait in that bounded
+buffer, and the backend stops pulling from the model once it is full.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ class Generation:
             return
         reason, requested_ns = state
         await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(self._produce())
+        self._producer = asyncio.create_task(
+            self._backend.generate(self.submit, self.outcome, self)
+        )
         if reason:
             self.cancel(reason, requested_ns)
         await asyncio.wait([self._producer])
@@ -128,22 +130,26 @@ class Generation:
         await self._log.drain(self._buffer)
         await self._finish(self._terminal(stopped_ns))
 
-    async def _produce(self) -> None:
-        async for text in self._backend.stream(self.submit, self.outcome):
-            now = time.time_ns()
-            if self.count == 0:
-                self.first_token_ns = now
-                metrics.runner_ttft.record((now - self.started_ns) / 1e9)
-            else:
-                metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
-            self._last_token_ns = now
-            self.count += 1
-            if time.monotonic() > self.read_until:
-                self.unread += 1
-            self._recent.append(now)
-            self._log.push(self._buffer, text, now)
-            if not self._buffer.space.is_set():
-                await self._buffer.space.wait()
+    def push(self, text: str) -> None:
+        """The backend's next token (the :class:`~services.runner.backends.Sink` side)."""
+        now = time.time_ns()
+        if self.count == 0:
+            self.first_token_ns = now
+            metrics.runner_ttft.record((now - self.started_ns) / 1e9)
+        elif metrics.sampled(self.count - 1):
+            metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
+        self._last_token_ns = now
+        self.count += 1
+        if time.monotonic() > self.read_until:
+            self.unread += 1
+        self._recent.append(now)
+        self._log.push(self._buffer, text, now)
+
+    def full(self) -> bool:
+        return not self._buffer.space.is_set()
+
+    async def space(self) -> None:
+        await self._buffer.space.wait()
 
     def _terminal(self, stopped_ns: int) -> Done | Failed:
         assert self._producer is not None

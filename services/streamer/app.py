@@ -81,10 +81,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     if after:
         metrics.streamer_resumes.add(1)
-    async with hub.reading(reader):
-        context = tracing.parent_of(meta.traceparent)
-        with tracing.stream_span("deliver", stream_id, context, SpanKind.SERVER):
-            await reader.serve(StatusChange(status=meta.status))
+    context = tracing.parent_of(meta.traceparent)
+    with tracing.stream_span("deliver", stream_id, context, SpanKind.SERVER):
+        await reader.open(StatusChange(status=meta.status))
+        async with hub.reading(reader):
+            await reader.serve()
     return response
 
 

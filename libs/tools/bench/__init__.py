@@ -20,7 +20,7 @@ from types import ModuleType
 from libs.tools.servers import nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"stats"})
+SUPPORT_MODULES = frozenset({"reader", "stats"})
 
 
 def modes() -> list[str]:

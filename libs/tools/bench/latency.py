@@ -17,8 +17,10 @@ from typing import Any
 
 import aiohttp
 
+from libs.common.sse import Event
+from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, line, summary
-from libs.tools.client import SluiceClient, events
+from libs.tools.client import SluiceClient
 
 
 @dataclass
@@ -50,29 +52,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="client processes")
 
 
+class _Tally:
+    """One stream's events into the run's sample, as they arrive."""
+
+    def __init__(self, sample: Sample, started_ns: int) -> None:
+        self.sample = sample
+        self.started_ns = started_ns
+        self.first_event = True
+        self.first_token = True
+
+    def on_event(self, event: Event, at_ns: int) -> None:
+        sample = self.sample
+        if self.first_event:
+            sample.status_ms.append((at_ns - self.started_ns) / 1e6)
+            self.first_event = False
+        if event.type == "token":
+            data: Any = event.json()
+            if self.first_token:
+                sample.ttft_ms.append((at_ns - self.started_ns) / 1e6)
+                self.first_token = False
+            sample.delivery_ms.extend([(at_ns - data["ts"]) / 1e6] * data["n"])
+            sample.tokens += data["n"]
+        elif event.type == "error":
+            error: Any = event.json()
+            sample.errors[error.get("type", "error")] += 1
+
+
 async def one_stream(
     client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample
 ) -> None:
     await asyncio.sleep(delay_s)
-    started = time.time_ns()
+    tally = _Tally(sample, time.time_ns())
     try:
         created = await client.create(**body)
-        first_token = True
-        first_event = True
-        async for received in events(client.session, created["events_url"]):
-            if first_event:
-                sample.status_ms.append((received.at_ns - started) / 1e6)
-                first_event = False
-            if received.type == "token":
-                data = received.json()
-                if first_token:
-                    sample.ttft_ms.append((received.at_ns - started) / 1e6)
-                    first_token = False
-                sample.delivery_ms.extend([(received.at_ns - data["ts"]) / 1e6] * data["n"])
-                sample.tokens += data["n"]
-            elif received.type == "error":
-                kind = received.json().get("type", "error")
-                sample.errors[kind] += 1
+        await follow(created["events_url"], tally.on_event)
     except Exception as exc:
         sample.errors[type(exc).__name__] += 1
 

@@ -1,12 +1,15 @@
-"""Model backends: each turns a :class:`~libs.common.wire.Submit` into a stream of text pieces.
+"""Model backends: each turns a :class:`~libs.common.wire.Submit` into tokens pushed to a sink.
 
-A backend is cancelled by cancelling the task that iterates it; it must release
-the model at once when that happens (close the upstream connection).
+A backend pushes rather than yields so that one loop can serve many sequences at
+once, as a batched model server does (see :mod:`.sim`). It is cancelled by
+cancelling the task that awaits :meth:`Backend.generate`, and must release the
+model at once when that happens (close the upstream connection).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,9 +25,37 @@ class Outcome:
     completion_tokens: int | None = None
 
 
+class Sink(Protocol):
+    """Where a backend delivers a generation's tokens."""
+
+    def push(self, text: str) -> None:
+        """Take the next token; never waits."""
+        ...
+
+    def full(self) -> bool:
+        """True while the generation cannot take more: stop pulling from the model."""
+        ...
+
+    async def space(self) -> None:
+        """Return once the sink is no longer full."""
+        ...
+
+
 class Backend(Protocol):
-    def stream(self, submit: Submit, outcome: Outcome) -> AsyncIterator[str]:
-        """Yield the answer's tokens in order; set ``outcome`` before returning."""
+    async def generate(self, submit: Submit, outcome: Outcome, sink: Sink) -> None:
+        """Push the answer's tokens into ``sink`` in order; set ``outcome`` before returning."""
         ...
 
     async def close(self) -> None: ...
+
+
+async def pump(pieces: AsyncGenerator[str], sink: Sink) -> None:
+    """Feed a backend's text pieces to ``sink``, pausing the model while the sink is full.
+
+    The iterator is closed however this ends, so a cancel closes its upstream at once.
+    """
+    async with aclosing(pieces):
+        async for text in pieces:
+            sink.push(text)
+            if sink.full():
+                await sink.space()

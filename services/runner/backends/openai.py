@@ -4,7 +4,7 @@ It streams chat completions over aiohttp. Refusals before the first token (429, 
 an unreachable server) are retried up to ``max_retries`` times, since nothing has
 reached the client yet; after the first token any failure ends the stream, because
 a retry would repeat tokens. Every failure becomes an :class:`UpstreamError` that
-names what happened. Cancelling the task that iterates :meth:`OpenAIBackend.stream`
+names what happened. Cancelling the task that awaits :meth:`OpenAIBackend.generate`
 closes the upstream connection at once: that is how the model server learns to stop.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 import msgspec
@@ -21,7 +21,7 @@ from libs.common.errors import UpstreamError
 from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
 from libs.common.settings import ModelSpec
 from libs.common.wire import Submit
-from services.runner.backends import Outcome
+from services.runner.backends import Outcome, Sink, pump
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ class OpenAIBackend:
         )
         self._session: aiohttp.ClientSession | None = None
 
-    async def stream(self, submit: Submit, outcome: Outcome) -> AsyncIterator[str]:
+    async def generate(self, submit: Submit, outcome: Outcome, sink: Sink) -> None:
+        await pump(self._stream(submit, outcome), sink)
+
+    async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[str]:
         request = ChatRequest(
             model=self._spec.upstream_model or submit.model,
             messages=submit.messages,
