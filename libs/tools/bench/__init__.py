@@ -1,9 +1,10 @@
 """``sluice bench``: measure the whole suite as a client sees it.
 
 Each mode lives in its own module with ``add_arguments(parser)`` and
-``run(args, gateway) -> dict``, and may set ``SUITE_ENV`` for the suite it starts. Without
-``--gateway`` the benchmark starts its own NATS, Redis and four services (as
-``sluice dev`` does) and stops them afterwards; with it, it drives a running suite.
+``run(args, gateway) -> dict``, and may set ``SUITE_ENV`` for the suite it starts (or
+``NEEDS_SUITE = False``). Without ``--gateway`` the benchmark starts its own NATS, Redis
+and four services (as ``sluice dev`` does), reports what each of them cost in CPU over
+the run, and stops them afterwards; with it, it drives a running suite.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import pkgutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from libs.tools.servers import nats_server, redis_server
+from libs.tools.bench.usage import cpu_shares, format_shares
+from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"reader", "stats"})
+SUPPORT_MODULES = frozenset({"reader", "stats", "usage"})
 
 
 def modes() -> list[str]:
@@ -33,15 +36,32 @@ def _module(mode: str) -> ModuleType:
     return importlib.import_module(f"libs.tools.bench.{mode}")
 
 
+@dataclass
+class Suite:
+    stack: Stack
+    servers: list[Server]
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the suite by name (replicas numbered), for :func:`cpu_shares`."""
+        named = [(s.name, s.process) for s in self.servers]
+        named += [(s.name, s.process) for s in self.stack.services]
+        pids: dict[str, int] = {}
+        for name, process in named:
+            if process is not None:
+                key = name if name not in pids else f"{name}-{process.pid}"
+                pids[key] = process.pid
+        return pids
+
+
 @contextmanager
-def own_suite(env: dict[str, str]) -> Iterator[Stack]:
+def own_suite(env: dict[str, str]) -> Iterator[Suite]:
     """NATS, Redis and the four services, private to this run."""
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     nats = nats_server(workdir=workdir / "nats").start()
     redis = redis_server(workdir=workdir / "redis", appendonly=False).start()
     stack = Stack(nats.url, f"{redis.url}/0", workdir, env={"SLUICE_LOG_LEVEL": "WARNING", **env})
     try:
-        yield stack.start()
+        yield Suite(stack.start(), [nats, redis])
     finally:
         stack.stop()
         nats.stop()
@@ -61,8 +81,10 @@ def main(argv: list[str]) -> None:
         module.add_arguments(mode_parser)
     args = parser.parse_args(argv or ["latency"])
     module = _module(args.mode)
-    if args.gateway:
+    if args.gateway or not getattr(module, "NEEDS_SUITE", True):
         module.run(args, args.gateway)
         return
-    with own_suite(getattr(module, "SUITE_ENV", {})) as stack:
-        module.run(args, stack.gateway)
+    with own_suite(getattr(module, "SUITE_ENV", {})) as suite:
+        with cpu_shares(suite.pids()) as shares:
+            module.run(args, suite.stack.gateway)
+        print(f"\nsuite CPU over the run: {format_shares(shares)}")

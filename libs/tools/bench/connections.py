@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.tools.bench import latency
 from libs.tools.bench.stats import emit
+from libs.tools.bench.usage import cpu_s, rss_kb
 from libs.tools.client import SluiceClient, events
 
 SUITE_ENV = {
@@ -37,8 +38,6 @@ SUITE_ENV = {
     "SLUICE_QUEUE_WAIT_S": "120",
 }
 OPEN_GAUGE = "sluice_streamer_open_connections"
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,17 +83,6 @@ def pid_listening_on(port: int) -> int | None:
         except OSError:
             continue
     return None
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_KB
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
 def open_streams(streamer: str) -> float | None:

@@ -20,6 +20,7 @@ import aiohttp
 from libs.common.sse import Event
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, line, summary
+from libs.tools.bench.usage import own_cpu_s
 from libs.tools.client import SluiceClient
 
 
@@ -30,6 +31,7 @@ class Sample:
     delivery_ms: list[float] = field(default_factory=list)
     tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    client_cpu_s: float = 0.0
 
     def merge(self, other: Sample) -> None:
         self.ttft_ms += other.ttft_ms
@@ -37,6 +39,7 @@ class Sample:
         self.delivery_ms += other.delivery_ms
         self.tokens += other.tokens
         self.errors.update(other.errors)
+        self.client_cpu_s += other.client_cpu_s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="client processes")
 
 
-class _Tally:
+class Tally:
     """One stream's events into the run's sample, as they arrive."""
 
     def __init__(self, sample: Sample, started_ns: int) -> None:
@@ -82,7 +85,7 @@ async def one_stream(
     client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample
 ) -> None:
     await asyncio.sleep(delay_s)
-    tally = _Tally(sample, time.time_ns())
+    tally = Tally(sample, time.time_ns())
     try:
         created = await client.create(**body)
         await follow(created["events_url"], tally.on_event)
@@ -118,7 +121,10 @@ def _worker(gateway: str, count: int, body: dict[str, Any], ramp_s: float, offse
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(run_streams(gateway, count, body, ramp_s, offset))
+    started = own_cpu_s()
+    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset))
+    sample.client_cpu_s = own_cpu_s() - started
+    return sample
 
 
 def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "tokens_expected": args.streams * args.tokens,
         "delivered_tokens_per_s": total.tokens / elapsed if elapsed else 0.0,
         "elapsed_s": elapsed,
+        "client_cpu": total.client_cpu_s / elapsed if elapsed else 0.0,
         "errors": dict(total.errors),
     }
     emit(
@@ -168,6 +175,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("per-token delivery latency", total.delivery_ms),
             f"  tokens delivered {total.tokens}/{args.streams * args.tokens} "
             f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {dict(total.errors) or 'none'}",
+            f"  client processes: {100 * result['client_cpu']:.0f}% of one core",
         ],
         result,
         args.json,

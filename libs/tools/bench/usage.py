@@ -1,0 +1,54 @@
+"""What the processes on this machine cost while a benchmark runs, read from ``/proc``.
+
+The suite, its NATS and Redis, and the benchmark's own clients share the same cores,
+so every mode reports each one's CPU as a share of one core over the run: that is
+where a figure's limit comes from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_KB
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@contextmanager
+def cpu_shares(pids: dict[str, int]) -> Iterator[dict[str, float]]:
+    """Fill the yielded dict, at the end of the block, with each name's share of one core."""
+    shares: dict[str, float] = {}
+    started = time.monotonic()
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    yield shares
+    elapsed = time.monotonic() - started
+    for name, pid in pids.items():
+        try:
+            shares[name] = (cpu_s(pid) - before[name]) / elapsed
+        except OSError:
+            continue
+
+
+def format_shares(shares: dict[str, float]) -> str:
+    ordered = sorted(shares.items(), key=lambda item: -item[1])
+    parts = ", ".join(f"{name} {100 * share:.0f}%" for name, share in ordered)
+    return f"{parts}; total {100 * sum(shares.values()):.0f}% of one core"
