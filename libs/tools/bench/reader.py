@@ -34,6 +34,8 @@ class _SSEProtocol(asyncio.Protocol):
         self._skip = 0  # bytes of a chunk's closing CRLF still due
 
     def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return  # refused, or past the end of the body
         now = time.time_ns()
         self._buffer += data
         if not self._head_read and not self._read_head():
@@ -49,7 +51,10 @@ class _SSEProtocol(asyncio.Protocol):
         head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4 :]
         status_line, *fields = head.split("\r\n")
         status = int(status_line.split(" ", 2)[1])
-        headers = dict(field.split(": ", 1) for field in fields if ": " in field)
+        headers = {}
+        for field in fields:
+            name, _, value = field.partition(":")
+            headers[name.strip().title()] = value.strip()
         if status != 200:
             self._fail(StreamRefused(status, self._buffer, headers))
             return False
@@ -98,6 +103,9 @@ class _SSEProtocol(asyncio.Protocol):
             self._done.set_exception(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """A close-delimited body ends here; a chunked one must have ended already."""
+        if exc is None and (self._chunked or not self._head_read):
+            exc = ConnectionResetError("the connection closed before the stream's end")
         if exc is not None:
             self._fail(exc)
         self._finish()
