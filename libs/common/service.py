@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator
 import prometheus_client
 import redis.asyncio as aioredis
 from aiohttp import web
-from nats.aio.client import Client as NATS
 
-from libs.common.connections import connect_nats, connect_redis
+from libs.common.connections import DirectNATS, connect_nats, connect_redis
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
 from libs.common.settings import Settings
@@ -27,7 +26,7 @@ from libs.common.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-NATS_CLIENT = web.AppKey("nats", NATS)
+NATS_CLIENT = web.AppKey("nats", DirectNATS)
 REDIS_CLIENT = web.AppKey("redis", aioredis.Redis)
 SERVICE_NAME = web.AppKey("service_name", str)
 

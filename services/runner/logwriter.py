@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.aio.client import Client as NATS
-
 from libs.common import metrics, names
+from libs.common.connections import DirectNATS
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait
@@ -68,7 +67,9 @@ Entry = tuple[TokenBuffer, TokenBatch, bytes]
 
 
 class LogWriter:
-    def __init__(self, store: StreamStore, nc: NATS, flush_s: float, flush_tokens: int) -> None:
+    def __init__(
+        self, store: StreamStore, nc: DirectNATS, flush_s: float, flush_tokens: int
+    ) -> None:
         self._store = store
         self._nc = nc
         self._flush_s = flush_s
@@ -86,12 +87,15 @@ class LogWriter:
 
     def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
         """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""
-        buffer.texts.append(text)
+        texts = buffer.texts
+        texts.append(text)
         buffer.stamps.append(stamp)
-        buffer.idle.clear()
-        if len(buffer.texts) >= MAX_PENDING_TOKENS:
+        if len(texts) == 1:
+            buffer.idle.clear()
+        elif len(texts) >= MAX_PENDING_TOKENS:
             buffer.space.clear()
-        self._consider(buffer)
+        if not (buffer.in_flight or buffer.scheduled):
+            self._consider(buffer)
 
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""
@@ -137,28 +141,34 @@ class LogWriter:
         now = time.monotonic()
         entries: list[Entry] = []
         size = self._flush_tokens
+        encode = tokens_codec.encode
         for buffer in buffers:
             texts, stamps = buffer.texts, buffer.stamps
             buffer.texts, buffer.stamps = [], []
             buffer.in_flight, buffer.last_flush = True, now
-            buffer.space.set()
-            for offset in range(0, len(texts), size):
-                batch = TokenBatch(
-                    first=buffer.numbered + 1 + offset,
-                    texts=texts[offset : offset + size],
-                    ts=stamps[offset],
-                )
-                entries.append((buffer, batch, tokens_codec.encode(batch)))
+            if len(texts) >= MAX_PENDING_TOKENS:
+                buffer.space.set()
+            first = buffer.numbered + 1
+            if len(texts) <= size:  # the usual case: one entry, no copy
+                batch = TokenBatch(first=first, texts=texts, ts=stamps[0])
+                entries.append((buffer, batch, encode(batch)))
+            else:
+                for offset in range(0, len(texts), size):
+                    chunk = texts[offset : offset + size]
+                    batch = TokenBatch(first=first + offset, texts=chunk, ts=stamps[offset])
+                    entries.append((buffer, batch, encode(batch)))
             buffer.numbered += len(texts)
         return entries
 
     async def _commit(self, buffers: list[TokenBuffer], entries: list[Entry]) -> None:
         logged = [(buffer.stream_id, batch, payload) for buffer, batch, payload in entries]
         await retry_forever(lambda: self._store.append(logged), "log append", "*")
-        for buffer, _, payload in entries:
-            try:
-                await self._nc.publish(buffer.subject, payload)
-            except TRANSIENT:
+        try:
+            await self._nc.publish_many(
+                [(buffer.subject, payload) for buffer, _, payload in entries]
+            )
+        except TRANSIENT:  # nothing was queued: publish one by one, riding out the outage
+            for buffer, _, payload in entries:
                 await self._publish(buffer, payload)
         metrics.runner_tokens.add(sum(len(batch.texts) for _, batch, _ in entries))
         for buffer in buffers:

@@ -12,11 +12,11 @@ import logging
 import time
 from contextlib import suppress
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from libs.common import metrics, names, tracing
+from libs.common.connections import DirectNATS
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait
@@ -43,7 +43,7 @@ SLOT_BEAT_DELAY_S = 0.005
 
 class Runner:
     def __init__(
-        self, settings: Settings, nc: NATS, store: StreamStore, backends: dict[str, Backend]
+        self, settings: Settings, nc: DirectNATS, store: StreamStore, backends: dict[str, Backend]
     ) -> None:
         self.settings = settings
         self.id = settings.effective_runner_id

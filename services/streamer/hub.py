@@ -1,7 +1,8 @@
 """One NATS subscription per stream per streamer, fanned out in-process to its readers.
 
-The subscription callback decodes each message once and hands it to every reader's
-non-blocking ``offer``; it never awaits a client. While a stream has readers here,
+The subscription is direct (:class:`~libs.common.connections.DirectNATS`): its handler
+runs inside the NATS client's read loop, decodes each message once and hands it to
+every reader's non-blocking ``offer``; it never awaits a client. While a stream has readers here,
 the hub renews their lease on ``sluice.stream.<id>.readers`` so the runner knows
 someone is still reading.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from libs.common import metrics, names
+from libs.common.connections import DirectNATS
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Pace,
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class Channel:
     """The readers of one stream on this streamer."""
 
-    def __init__(self, stream_id: str, renew: Callable[[Channel], Awaitable[None]]) -> None:
+    def __init__(self, stream_id: str, renew: Callable[[Channel], None]) -> None:
         self.stream_id = stream_id
         self._renew = renew
         self.readers: set[Reader] = set()
@@ -44,20 +44,20 @@ class Channel:
         self.subscription: Subscription | None = None
         self.ready = asyncio.Event()
 
-    async def on_message(self, msg: Msg) -> None:
-        kind = msg.subject.rsplit(".", 1)[1]
+    def on_message(self, subject: str, data: bytes) -> None:
+        kind = subject.rsplit(".", 1)[1]
         if kind == "tokens":
-            message = tokens_codec.decode(msg.data)
+            message = tokens_codec.decode(data)
             for reader in self.readers:
                 reader.offer(message)
         elif kind == "lifecycle":
-            change = lifecycle_codec.decode(msg.data)
+            change = lifecycle_codec.decode(data)
             for reader in self.readers:
                 reader.status(change)
             if change.status == "running":
-                await self._renew(self)  # a runner just took it: tell it about readers now
+                self._renew(self)  # a runner just took it: tell it about readers now
         elif kind == "control":
-            control = control_codec.decode(msg.data)
+            control = control_codec.decode(data)
             if isinstance(control, Pace):
                 self.pace = control.max_events_per_s
                 for reader in self.readers:
@@ -65,19 +65,20 @@ class Channel:
 
 
 class Hub:
-    def __init__(self, nc: NATS, streamer_id: str, lease_s: float) -> None:
+    def __init__(self, nc: DirectNATS, streamer_id: str, lease_s: float) -> None:
         self._nc = nc
         self._streamer_id = streamer_id
         self._lease_s = lease_s
         self.channels: dict[str, Channel] = {}
         self.reader_count = 0
         self._lease_task: asyncio.Task[None] | None = None
+        self._renewals: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._lease_task = asyncio.create_task(self._lease_loop())
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._lease_task])
+        await cancel_and_wait([self._lease_task, *self._renewals])
 
     @asynccontextmanager
     async def reading(self, reader: Reader) -> AsyncIterator[None]:
@@ -98,11 +99,11 @@ class Hub:
         self.reader_count += 1
         channel = self.channels.get(reader.stream_id)
         if channel is None:
-            channel = self.channels[reader.stream_id] = Channel(reader.stream_id, self._renew)
+            channel = self.channels[reader.stream_id] = Channel(reader.stream_id, self._renew_soon)
             channel.readers.add(reader)
             try:
-                channel.subscription = await self._nc.subscribe(
-                    names.stream_wildcard(reader.stream_id), cb=channel.on_message
+                channel.subscription = await self._nc.subscribe_direct(
+                    names.stream_wildcard(reader.stream_id), channel.on_message
                 )
                 await self._nc.flush(timeout=5)
             finally:
@@ -129,6 +130,12 @@ class Hub:
 
     def readers(self) -> list[Reader]:
         return [reader for channel in self.channels.values() for reader in channel.readers]
+
+    def _renew_soon(self, channel: Channel) -> None:
+        """Renew from the read loop, which must not wait for the publish."""
+        renewal = asyncio.get_running_loop().create_task(self._renew(channel))
+        self._renewals.add(renewal)
+        renewal.add_done_callback(self._renewals.discard)
 
     async def _renew(self, channel: Channel) -> None:
         lease = ReaderLease(readers=len(channel.readers), streamer_id=self._streamer_id)
