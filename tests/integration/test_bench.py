@@ -27,7 +27,7 @@ def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: P
     assert figures["errors"] == {}
     delivery = figures["delivery_ms"]
     assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] > 0
-    assert isinstance(figures["client_cpu"], float) and figures["client_cpu"] > 0
+    assert isinstance(figures["client_cpu"], float) and figures["client_cpu"] >= 0  # 10 ms ticks
 
 
 @pytest.mark.slow
@@ -47,7 +47,8 @@ def test_bench_floor_serves_the_same_frames_without_a_suite(tmp_path: Path) -> N
     assert figures["tokens_delivered"] == 100 and figures["errors"] == {}
     delivery, cpu = figures["delivery_ms"], figures["cpu"]
     assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] >= 0
-    assert isinstance(cpu, dict) and cpu["server"] > 0 and cpu["clients"] > 0
+    assert isinstance(cpu, dict) and set(cpu) == {"server", "clients"}
+    assert all(share >= 0 for share in cpu.values())  # CPU time comes in 10 ms ticks
 
 
 @pytest.mark.slow
