@@ -159,6 +159,7 @@ class ControlSession:
         return [ack, queued, *self._held.pop(created.id, [])]
 
     async def _cancel(self, frame: CancelFrame) -> list[ServerFrame]:
+        followed = frame.stream_id in self._watches  # its statuses already reach this socket
         await self._watch(frame.stream_id)
         try:
             meta = await self._streams.cancel(self._tenant, frame.stream_id)
@@ -166,10 +167,14 @@ class ControlSession:
             await self._unwatch(frame.stream_id)
             raise
         ack = AckFrame(ref=frame.ref, stream_id=frame.stream_id, status=meta.status)
-        held = self._held.pop(frame.stream_id, [])
+        frames: list[ServerFrame] = [ack, *self._held.pop(frame.stream_id, [])]
         if meta.status in FINAL_STATUSES:
+            if followed and frame.stream_id in self._watches:
+                # It ended, and its final status is still on its way here: report it now,
+                # since unwatching drops that message when it comes.
+                frames.append(StatusFrame(stream_id=frame.stream_id, status=meta.status))
             await self._unwatch(frame.stream_id)
-        return [ack, *held]
+        return frames
 
     async def _watch(self, stream_id: str) -> None:
         """Subscribe to the stream's status changes, holding them until :meth:`_held` is popped."""

@@ -13,6 +13,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from libs.common.store import StreamStore
+from libs.common.wire import Done, tokens_codec
 from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
@@ -48,9 +50,14 @@ class Control:
                     return self.frames[index]
             seen = len(self.frames)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {kind} {fields} within {TIMEOUT_S}s; got {self.frames}")
-            self.frames.append(await self.ws.receive_json(timeout=remaining))
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                self.frames.append(await self.ws.receive_json(timeout=remaining))
+            except TimeoutError:
+                raise AssertionError(
+                    f"no {kind} {fields} within {TIMEOUT_S}s; got {self.frames}"
+                ) from None
 
     async def next(self) -> dict[str, Any]:
         """The next frame off the wire, claimed."""
@@ -171,6 +178,31 @@ async def test_cancel_of_a_stream_submitted_on_the_socket_reports_every_status(
     assert final(received).json()["finish_reason"] == "cancelled"
     await control.ping()
     assert control.statuses(ack["stream_id"]).count("cancelled") == 1
+
+
+async def test_a_cancel_that_finds_the_stream_ended_reports_its_final_status_once(
+    control: Control, session: aiohttp.ClientSession, stack: Stack
+) -> None:
+    """The end is in Redis but its status message has not reached the gateway yet.
+
+    Here it never will: the stream is ended behind the runner's back, so the runner's
+    own finish loses and publishes nothing. The cancel's answer must carry the status.
+    """
+    await control.send({"type": "submit", "ref": "s", "prompt": "long", "sim": SLOW})
+    ack = await control.expect("ack", ref="s")
+    stream_id = ack["stream_id"]
+    await control.expect("status", stream_id=stream_id, status="running")
+    async with aioredis.from_url(stack.redis_url) as redis:
+        store = StreamStore(redis, ttl_s=60, maxlen=1000)
+        done = Done(finish_reason="cancelled", tokens=0)
+        assert await store.finish(stream_id, done, tokens_codec.encode(done), status="cancelled")
+
+    await control.send({"type": "cancel", "ref": "c", "stream_id": stream_id})
+
+    assert (await control.expect("ack", ref="c"))["status"] == "cancelled"
+    assert await control.until_final(stream_id) == ["queued", "running", "cancelled"]
+    await control.ping()
+    assert control.statuses(stream_id).count("cancelled") == 1
 
 
 async def test_cancel_of_a_finished_stream_is_acked_and_changes_nothing(
