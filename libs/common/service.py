@@ -8,7 +8,6 @@ shuts down gracefully (``on_shutdown`` first, then connections drain and close).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,6 +18,7 @@ from aiohttp import web
 from libs.common.connections import DirectNATS, connect_nats, connect_redis
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
+from libs.common.process import prepare_process
 from libs.common.settings import Settings
 from libs.common.stats import StatsPublisher
 from libs.common.telemetry import setup_telemetry
@@ -88,20 +88,8 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
 
 
 def run(app: web.Application, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, on uvloop where available.
-
-    Objects alive at start are frozen out of the garbage collector and its first
-    generation runs less often: per-token work allocates many short-lived objects,
-    and collector pauses were the tail of the delivery latency.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    """Serve until SIGTERM/SIGINT (on uvloop, see :func:`prepare_process`)."""
+    prepare_process()
     settings = app[SETTINGS]
     web.run_app(
         app,

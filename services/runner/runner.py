@@ -1,8 +1,9 @@
 """The runner: slots, start requests, control and reader leases, heartbeats, abandon.
 
 Start requests arrive on ``sluice.runner.<rid>.start``; each accepted stream gets two
-subscriptions of its own (control and readers) for as long as it runs, so cancel
-and lease traffic reaches only the runner that holds the stream.
+direct subscriptions of its own (control and readers) for as long as it runs, so
+cancel and lease traffic reaches only the runner that holds the stream, and is
+handled inside the NATS read loop without a task switch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
+from functools import partial
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -106,11 +108,11 @@ class Runner:
         self.generations[submit.id] = generation
         metrics.runner_slots_in_use.add(1)
         self._subscriptions[submit.id] = [
-            await self._nc.subscribe(
-                names.stream_subject(submit.id, "control"), cb=self._control_handler(generation)
+            await self._nc.subscribe_direct(
+                names.stream_subject(submit.id, "control"), partial(_on_control, generation)
             ),
-            await self._nc.subscribe(
-                names.stream_subject(submit.id, "readers"), cb=self._lease_handler(generation)
+            await self._nc.subscribe_direct(
+                names.stream_subject(submit.id, "readers"), partial(_on_lease, generation)
             ),
         ]
         await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
@@ -134,22 +136,6 @@ class Runner:
                 with suppress(Exception):
                     await subscription.unsubscribe()
             self._changed()
-
-    @staticmethod
-    def _control_handler(generation: Generation):  # type: ignore[no-untyped-def]
-        async def handle(msg: Msg) -> None:
-            message = control_codec.decode(msg.data)
-            if isinstance(message, Cancel):
-                generation.cancel(message.reason, message.requested_ns)
-
-        return handle
-
-    @staticmethod
-    def _lease_handler(generation: Generation):  # type: ignore[no-untyped-def]
-        async def handle(msg: Msg) -> None:
-            generation.lease(lease_codec.decode(msg.data))
-
-        return handle
 
     def _changed(self) -> None:
         """Tell coordinators soon that slots were taken or freed, once per burst of changes."""
@@ -190,3 +176,13 @@ class Runner:
                 limit = generation.submit.abandon_after_s
                 if limit is not None and generation.idle_s() > limit:
                     generation.cancel("abandoned", time.time_ns())
+
+
+def _on_control(generation: Generation, subject: str, data: bytes) -> None:
+    message = control_codec.decode(data)
+    if isinstance(message, Cancel):
+        generation.cancel(message.reason, message.requested_ns)
+
+
+def _on_lease(generation: Generation, subject: str, data: bytes) -> None:
+    generation.lease(lease_codec.decode(data))

@@ -4,12 +4,15 @@ The subscription is direct (:class:`~libs.common.connections.DirectNATS`): its h
 runs inside the NATS client's read loop, decodes each message once and hands it to
 every reader's non-blocking ``offer``; it never awaits a client. While a stream has readers here,
 the hub renews their lease on ``sluice.stream.<id>.readers`` so the runner knows
-someone is still reading.
+someone is still reading. Channels are dealt round-robin into :data:`SLICES` slices
+and one slice is renewed (and its readers ticked) every lease period / SLICES: all at
+once, a thousand renewals stalled every stream for several milliseconds each second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +35,8 @@ from services.streamer.reader import Reader
 
 log = logging.getLogger(__name__)
 
+SLICES = 10
+
 
 class Channel:
     """The readers of one stream on this streamer."""
@@ -43,6 +48,7 @@ class Channel:
         self.pace: float | None = None
         self.subscription: Subscription | None = None
         self.ready = asyncio.Event()
+        self.slice = 0
 
     def on_message(self, subject: str, data: bytes) -> None:
         kind = subject.rsplit(".", 1)[1]
@@ -70,6 +76,8 @@ class Hub:
         self._streamer_id = streamer_id
         self._lease_s = lease_s
         self.channels: dict[str, Channel] = {}
+        self._slices: list[dict[str, Channel]] = [{} for _ in range(SLICES)]
+        self._dealt = 0
         self.reader_count = 0
         self._lease_task: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
@@ -100,6 +108,9 @@ class Hub:
         channel = self.channels.get(reader.stream_id)
         if channel is None:
             channel = self.channels[reader.stream_id] = Channel(reader.stream_id, self._renew_soon)
+            channel.slice = self._dealt % SLICES
+            self._slices[channel.slice][reader.stream_id] = channel
+            self._dealt += 1
             channel.readers.add(reader)
             try:
                 channel.subscription = await self._nc.subscribe_direct(
@@ -123,6 +134,7 @@ class Hub:
         channel.readers.discard(reader)
         if not channel.readers:
             del self.channels[reader.stream_id]
+            del self._slices[channel.slice][reader.stream_id]
             await self._renew(channel)  # readers=0: the runner's abandon clock starts now
             if channel.subscription is not None:
                 with suppress(Exception):
@@ -144,11 +156,11 @@ class Hub:
             await self._nc.publish(subject, lease_codec.encode(lease))
 
     async def _lease_loop(self) -> None:
-        """Renew every stream's reader lease, and give every reader its :meth:`Reader.tick`."""
-        while True:
-            await asyncio.sleep(self._lease_s)
+        """Renew each stream's reader lease once a period, and give every reader its tick."""
+        for turn in itertools.count():
+            await asyncio.sleep(self._lease_s / SLICES)
             now = time.monotonic()
-            for channel in list(self.channels.values()):
+            for channel in list(self._slices[turn % SLICES].values()):
                 for reader in list(channel.readers):
                     reader.tick(now)
                 await self._renew(channel)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.common.process import prepare_process
 from libs.tools.bench import latency
 from libs.tools.bench.stats import emit
 from libs.tools.bench.usage import cpu_s, rss_kb
@@ -132,12 +133,7 @@ def _hold_worker(
     results: multiprocessing.Queue[Counter[str]],
 ) -> None:
     raise_open_files_limit()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_process()
     results.put(asyncio.run(_hold(gateway, count, offset, body, ramp_s, stop)))
 
 

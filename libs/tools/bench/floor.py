@@ -18,6 +18,7 @@ from multiprocessing.synchronize import Event as EventType
 from typing import Any, cast
 
 from libs.common import sse
+from libs.common.process import prepare_process
 from libs.tools.bench import latency
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, line, summary
@@ -93,12 +94,7 @@ async def _serve(port: int, tokens: int, tokens_per_s: float, ready: EventType) 
 
 
 def _server(port: int, tokens: int, tokens_per_s: float, ready: EventType) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_process()
     asyncio.run(_serve(port, tokens, tokens_per_s, ready))
 
 
@@ -117,12 +113,7 @@ async def _read(url: str, count: int, ramp_s: float) -> latency.Sample:
 
 
 def _client(url: str, count: int, ramp_s: float) -> latency.Sample:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_process()
     started = own_cpu_s()
     sample = asyncio.run(_read(url, count, ramp_s))
     sample.client_cpu_s = own_cpu_s() - started

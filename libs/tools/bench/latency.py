@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from libs.common.process import prepare_process
 from libs.common.sse import Event
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, line, summary
@@ -115,12 +116,7 @@ async def run_streams(
 
 
 def _worker(gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int) -> Sample:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_process()
     started = own_cpu_s()
     sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset))
     sample.client_cpu_s = own_cpu_s() - started
