@@ -98,13 +98,13 @@ def _server(port: int, tokens: int, tokens_per_s: float, ready: EventType) -> No
     asyncio.run(_serve(port, tokens, tokens_per_s, ready))
 
 
-async def _read(url: str, count: int, ramp_s: float) -> latency.Sample:
+async def _read(url: str, count: int, ramp_s: float, tokens_per_s: float) -> latency.Sample:
     sample = latency.Sample()
 
     async def one(index: int) -> None:
         await asyncio.sleep(ramp_s * index / max(1, count))
         try:
-            await follow(url, latency.Tally(sample, time.time_ns()).on_event)
+            await follow(url, latency.Tally(sample, time.time_ns(), tokens_per_s).on_event)
         except Exception as exc:
             sample.errors[type(exc).__name__] += 1
 
@@ -112,10 +112,10 @@ async def _read(url: str, count: int, ramp_s: float) -> latency.Sample:
     return sample
 
 
-def _client(url: str, count: int, ramp_s: float) -> latency.Sample:
+def _client(url: str, count: int, ramp_s: float, tokens_per_s: float) -> latency.Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(_read(url, count, ramp_s))
+    sample = asyncio.run(_read(url, count, ramp_s, tokens_per_s))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
     ]
     server_cpu, started = cpu_s(server.pid), time.monotonic()
     with context.Pool(args.workers) as pool:
-        samples = pool.starmap(_client, [(url, n, args.ramp_s) for n in shares])
+        samples = pool.starmap(_client, [(url, n, args.ramp_s, args.tokens_per_s) for n in shares])
     elapsed = time.monotonic() - started
     cpu = {"server": (cpu_s(server.pid) - server_cpu) / elapsed}
     server.terminate()

@@ -2,6 +2,9 @@
 
 Delivery latency is the client's receive time minus the frame's ``ts`` (the runner's
 emit stamp of its first token): what sluice adds on top of the model's own timing.
+Schedule lag is the receive time minus when the simulated model was due to produce the
+token (the first token's stamp plus i / tokens-per-s): it also counts a runner that
+falls behind its own model, which the emit stamp hides.
 The client may run in several processes so that it is not the bottleneck it measures.
 """
 
@@ -30,6 +33,7 @@ class Sample:
     ttft_ms: list[float] = field(default_factory=list)
     status_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
+    lag_ms: list[float] = field(default_factory=list)
     tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     client_cpu_s: float = 0.0
@@ -38,6 +42,7 @@ class Sample:
         self.ttft_ms += other.ttft_ms
         self.status_ms += other.status_ms
         self.delivery_ms += other.delivery_ms
+        self.lag_ms += other.lag_ms
         self.tokens += other.tokens
         self.errors.update(other.errors)
         self.client_cpu_s += other.client_cpu_s
@@ -59,11 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Tally:
     """One stream's events into the run's sample, as they arrive."""
 
-    def __init__(self, sample: Sample, started_ns: int) -> None:
+    def __init__(self, sample: Sample, started_ns: int, tokens_per_s: float) -> None:
         self.sample = sample
         self.started_ns = started_ns
+        self.interval_ns = 1e9 / tokens_per_s
         self.first_event = True
         self.first_token = True
+        self.origin_ns = 0.0  # when token 0 was due, from the first token's stamp
 
     def on_event(self, event: Event, at_ns: int) -> None:
         sample = self.sample
@@ -72,11 +79,17 @@ class Tally:
             self.first_event = False
         if event.type == "token":
             data: Any = event.json()
+            last, count = data["seq"], data["n"]
             if self.first_token:
                 sample.ttft_ms.append((at_ns - self.started_ns) / 1e6)
                 self.first_token = False
-            sample.delivery_ms.extend([(at_ns - data["ts"]) / 1e6] * data["n"])
-            sample.tokens += data["n"]
+                self.origin_ns = data["ts"] - (last - count + 1) * self.interval_ns
+            sample.delivery_ms.extend([(at_ns - data["ts"]) / 1e6] * count)
+            due = self.origin_ns - at_ns
+            sample.lag_ms.extend(
+                -(due + seq * self.interval_ns) / 1e6 for seq in range(last - count + 1, last + 1)
+            )
+            sample.tokens += count
         elif event.type == "error":
             error: Any = event.json()
             sample.errors[error.get("type", "error")] += 1
@@ -86,7 +99,7 @@ async def one_stream(
     client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample
 ) -> None:
     await asyncio.sleep(delay_s)
-    tally = Tally(sample, time.time_ns())
+    tally = Tally(sample, time.time_ns(), body["sim"]["tokens_per_s"])
     try:
         created = await client.create(**body)
         await follow(created["events_url"], tally.on_event)
@@ -155,6 +168,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "status_frame_ms": summary(total.status_ms),
         "client_ttft_ms": summary(total.ttft_ms),
         "delivery_ms": summary(total.delivery_ms),
+        "schedule_lag_ms": summary(total.lag_ms),
         "tokens_delivered": total.tokens,
         "tokens_expected": args.streams * args.tokens,
         "delivered_tokens_per_s": total.tokens / elapsed if elapsed else 0.0,
@@ -169,6 +183,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("first event (status) after POST", total.status_ms),
             line("time to first token (client)", total.ttft_ms),
             line("per-token delivery latency", total.delivery_ms),
+            line("per-token lag behind the model", total.lag_ms),
             f"  tokens delivered {total.tokens}/{args.streams * args.tokens} "
             f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {dict(total.errors) or 'none'}",
             f"  client processes: {100 * result['client_cpu']:.0f}% of one core",
