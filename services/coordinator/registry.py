@@ -34,11 +34,22 @@ class RunnerRegistry:
     runners: dict[str, RunnerState] = field(default_factory=dict)
 
     def beat(self, beat: RunnerHeartbeat) -> None:
+        """Take a runner's word for its slots, without counting our own starts twice.
+
+        A start this coordinator has in flight (``reserved``) may already be in the
+        beat: the runner took it and beat before its reply was handled here (they
+        arrive on different subscriptions). Slots the runner filled since our last view
+        are put down to those starts first, or room would be counted one too low for
+        each of them and a burst refused early.
+        """
         known = self.runners.get(beat.runner_id)
+        slots_free = beat.slots_free
+        if known is not None and known.reserved:
+            slots_free += min(known.reserved, max(0, known.slots_free - beat.slots_free))
         self.runners[beat.runner_id] = RunnerState(
             runner_id=beat.runner_id,
             slots_total=beat.slots_total,
-            slots_free=beat.slots_free,
+            slots_free=slots_free,
             models=frozenset(beat.models),
             running=beat.running if beat.full or known is None else known.running,
             last_seen=time.monotonic(),
