@@ -5,8 +5,9 @@ runs inside the NATS client's read loop, decodes each message once and hands it 
 every reader's non-blocking ``offer``; it never awaits a client. While a stream has readers here,
 the hub renews their lease on ``sluice.stream.<id>.readers`` so the runner knows
 someone is still reading. Channels are dealt round-robin into :data:`SLICES` slices
-and one slice is renewed (and its readers ticked) every lease period / SLICES: all at
-once, a thousand renewals stalled every stream for several milliseconds each second.
+and one slice is renewed (and its readers ticked) every lease period / SLICES, so a
+thousand renewals (and the runner's handling of them) do not all land in one turn of
+the event loop, delaying every token behind them.
 """
 
 from __future__ import annotations
