@@ -32,7 +32,7 @@ from libs.common.wire import (
     lifecycle_codec,
     tokens_codec,
 )
-from services.streamer.reader import Reader
+from services.streamer.reader import LiveWrites, Reader
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class Hub:
         self.reader_count = 0
         self._lease_task: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
+        self._live_writes = LiveWrites()
 
     def start(self) -> None:
         self._lease_task = asyncio.create_task(self._lease_loop())
@@ -106,6 +107,7 @@ class Hub:
         A reader joining a stream that was paced gets the same pace.
         """
         self.reader_count += 1
+        reader.live_writes = self._live_writes
         channel = self.channels.get(reader.stream_id)
         if channel is None:
             channel = self.channels[reader.stream_id] = Channel(reader.stream_id, self._renew_soon)

@@ -2,10 +2,14 @@
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits. While the socket keeps up and nothing else is pending, ``offer`` writes
-the frame itself (no task switch per token: at 50,000 tokens/s that was a fifth of a
-streamer's work). Otherwise the reader's own writer task turns pending tokens into
-frames: coalesced while bytes still wait in the socket's buffer (so slower clients
-get bigger frames), at most ``pace`` frames a second. Past
+a fresh message's frame itself (no task switch per token: at 50,000 tokens/s that was
+a fifth of a streamer's work). A message older than :data:`FRESH_NS` means this
+streamer has fallen behind: its tokens wait for the end of the event loop's turn
+(:class:`LiveWrites`), so the messages of one stream read in that turn leave as one
+frame, and an overloaded streamer writes fewer, bigger frames and catches up.
+Otherwise the reader's own writer task turns pending tokens into frames: coalesced
+while bytes still wait in the socket's buffer (so slower clients get bigger frames),
+at most ``pace`` frames a second. Past
 ``SLUICE_CONN_BUFFER_BYTES`` the pending tokens are dropped and the reader catches up
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
@@ -33,6 +37,7 @@ from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessa
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
+FRESH_NS = 25_000_000
 DRAIN_POLL_S = (0.001, 0.1)
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 PING = b'event: ping\ndata: {"t": %d}\n\n'
@@ -102,6 +107,27 @@ class NativeFrames:
 NATIVE_FRAMES = NativeFrames()
 
 
+class LiveWrites:
+    """Readers with stale live tokens, written when the event loop finishes its turn.
+
+    A streamer that has fallen behind reads many messages per stream in one turn; they
+    leave as one frame per stream, so it writes fewer, bigger frames and catches up.
+    """
+
+    def __init__(self) -> None:
+        self._readers: dict[Reader, None] = {}
+
+    def add(self, reader: Reader) -> None:
+        if not self._readers:
+            asyncio.get_running_loop().call_soon(self._write)
+        self._readers[reader] = None
+
+    def _write(self) -> None:
+        readers, self._readers = self._readers, {}
+        for reader in readers:
+            reader.write_live()
+
+
 class Reader:
     def __init__(
         self,
@@ -132,6 +158,7 @@ class Reader:
         self._closing = False
         self._gone = False
         self._parked = False
+        self.live_writes: LiveWrites | None = None
         self._chunked = False
         self._wake = asyncio.Event()
         self._buffer_bytes = buffer_bytes
@@ -160,9 +187,42 @@ class Reader:
             if self._write_now(message):
                 return
             self._offer_batch(message)
+            if self.live_writes is not None and self._writable_live():
+                self.live_writes.add(self)
+                return
         else:
             self._terminal = message
         self._wake.set()
+
+    def _writable_live(self) -> bool:
+        """Only tokens wait, the writer task is parked and the socket's buffer is empty."""
+        transport = self._transport
+        return not (
+            transport is None
+            or not self._parked
+            or not self._texts
+            or self._statuses
+            or self._behind
+            or self._terminal
+            or self._closing
+            or self._ping_due
+            or self._min_interval_s
+            or transport.get_write_buffer_size()
+            or transport.is_closing()
+        )
+
+    def write_live(self) -> None:
+        """Write the stale tokens gathered this turn in one frame, or leave them to the task."""
+        if not self._writable_live():
+            if self._texts:
+                self._wake.set()
+            return
+        assert self._transport is not None
+        texts, ts = self._texts, self._ts
+        self._texts, self._bytes = [], 0
+        frame = self._token_frame(texts, ts)
+        self._transport.write(b"%x\r\n%s\r\n" % (len(frame), frame) if self._chunked else frame)
+        self._last_write = time.monotonic()
 
     def _write_now(self, batch: TokenBatch) -> bool:
         """Write a live batch straight to an empty socket buffer when nothing else waits.
@@ -182,6 +242,7 @@ class Reader:
             or self._ping_due
             or self._min_interval_s
             or batch.first != self.sent + 1
+            or time.time_ns() - batch.ts > FRESH_NS
             or transport.get_write_buffer_size()
             or transport.is_closing()
         ):
