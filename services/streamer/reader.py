@@ -187,20 +187,23 @@ class Reader:
             if self._write_now(message):
                 return
             self._offer_batch(message)
-            if self.live_writes is not None and self._writable_live():
+            if self.live_writes is not None and self._texts and self._socket_free():
                 self.live_writes.add(self)
                 return
         else:
             self._terminal = message
         self._wake.set()
 
-    def _writable_live(self) -> bool:
-        """Only tokens wait, the writer task is parked and the socket's buffer is empty."""
+    def _socket_free(self) -> bool:
+        """The writer task is parked with nothing but tokens to do, and the socket is empty.
+
+        Then a live frame may go straight to the transport without passing the task, and
+        frames keep their order.
+        """
         transport = self._transport
         return not (
             transport is None
             or not self._parked
-            or not self._texts
             or self._statuses
             or self._behind
             or self._terminal
@@ -211,46 +214,35 @@ class Reader:
             or transport.is_closing()
         )
 
+    def _write_now(self, batch: TokenBatch) -> bool:
+        """Write a fresh live batch at once when nothing else waits; False if not."""
+        if (
+            self._texts
+            or batch.first != self.sent + 1
+            or time.time_ns() - batch.ts > FRESH_NS
+            or not self._socket_free()
+        ):
+            return False
+        self._write_frame(batch.texts, batch.ts)
+        return True
+
     def write_live(self) -> None:
         """Write the stale tokens gathered this turn in one frame, or leave them to the task."""
-        if not self._writable_live():
-            if self._texts:
-                self._wake.set()
+        if not self._texts:
             return
-        assert self._transport is not None
+        if not self._socket_free():
+            self._wake.set()
+            return
         texts, ts = self._texts, self._ts
         self._texts, self._bytes = [], 0
+        self._write_frame(texts, ts)
+
+    def _write_frame(self, texts: list[str], ts: int) -> None:
+        """One token frame straight to the transport, in the response's transfer encoding."""
+        assert self._transport is not None
         frame = self._token_frame(texts, ts)
         self._transport.write(b"%x\r\n%s\r\n" % (len(frame), frame) if self._chunked else frame)
         self._last_write = time.monotonic()
-
-    def _write_now(self, batch: TokenBatch) -> bool:
-        """Write a live batch straight to an empty socket buffer when nothing else waits.
-
-        Only while the writer task is parked with nothing pending, so frames keep their
-        order; the frame goes out in the response's own transfer encoding.
-        """
-        transport = self._transport
-        if (
-            transport is None
-            or not self._parked
-            or self._texts
-            or self._statuses
-            or self._behind
-            or self._terminal
-            or self._closing
-            or self._ping_due
-            or self._min_interval_s
-            or batch.first != self.sent + 1
-            or time.time_ns() - batch.ts > FRESH_NS
-            or transport.get_write_buffer_size()
-            or transport.is_closing()
-        ):
-            return False
-        frame = self._token_frame(batch.texts, batch.ts)
-        transport.write(b"%x\r\n%s\r\n" % (len(frame), frame) if self._chunked else frame)
-        self._last_write = time.monotonic()
-        return True
 
     def _offer_batch(self, batch: TokenBatch) -> None:
         if self._behind or batch.last <= self._queued_upto:
