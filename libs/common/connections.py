@@ -3,96 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
-from nats import errors
-from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
 from redis.connection import HiredisRespSerializer
 
+from libs.common.direct_nats import DirectNATS
 from libs.common.settings import Settings
 
 log = logging.getLogger(__name__)
-
-DirectHandler = Callable[[str, bytes], None]
-
-
-class DirectNATS(NATS):
-    """nats-py with two shortcuts for traffic of one message per token.
-
-    Receiving: nats-py gives each subscription with a callback a queue and a task of
-    its own, a put, a task switch and a coroutine per message (about 5 µs, a quarter
-    of a streamer's core at 50,000 tokens/s). A direct subscription's handler runs
-    inside the client's read loop instead, so it must never block; an exception it
-    raises is logged and the message dropped, as a callback's would be.
-
-    Sending: :meth:`publish_many` queues a whole commit's messages as one command
-    instead of building and queueing each on its own.
-
-    Both use nats-py internals (``_process_msg``, ``_send_command``); the pinned
-    nats-py version and the end-to-end tests guard them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._direct: dict[int, DirectHandler] = {}
-
-    async def subscribe_direct(self, subject: str, handler: DirectHandler) -> Subscription:
-        subscription = await self.subscribe(subject)
-        self._direct[subscription._id] = handler
-        queue = subscription._pending_queue  # what arrived before the line above
-        while not queue.empty():
-            early = queue.get_nowait()
-            _dispatch(handler, early.subject, early.data)
-        return subscription
-
-    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
-        """Publish ``(subject, payload)`` messages in order, as one queued write."""
-        if self.is_closed:
-            raise errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise errors.ConnectionDrainingError
-        size = sum(len(payload) for _, payload in messages)
-        if not self.is_connected and (
-            self._max_pending_size <= 0 or size + self._pending_data_size > self._max_pending_size
-        ):
-            raise errors.OutboundBufferLimitError
-        if any(len(payload) > self._max_payload for _, payload in messages):
-            raise errors.MaxPayloadError
-        command = b"".join(
-            b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-            for subject, payload in messages
-        )
-        self.stats["out_msgs"] += len(messages)
-        self.stats["out_bytes"] += size
-        await self._send_command(command)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
-
-    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
-        self._direct.pop(sid, None)
-        super()._remove_sub(sid, max_msgs)
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        handler = self._direct.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        _dispatch(handler, subject.decode(), data)
-
-
-def _dispatch(handler: DirectHandler, subject: str, data: bytes) -> None:
-    try:
-        handler(subject, data)
-    except Exception:
-        log.exception("a direct subscription's handler failed", extra={"subject": subject})
 
 
 async def connect_nats(settings: Settings, name: str) -> DirectNATS:
@@ -123,21 +44,6 @@ async def connect_nats(settings: Settings, name: str) -> DirectNATS:
     return client
 
 
-class HiredisPackedConnection(aioredis.Connection):
-    """redis-py's asyncio connection, packing commands in C as its sync client does.
-
-    The asyncio one packs in Python and re-copies its buffer for every argument; a
-    runner's log commit is one script call with three arguments per token, and the
-    packing was a tenth of the runner's work at 50,000 tokens/s.
-    """
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._packer.pack(*args)
-        return packed
-
-
 def connect_redis(settings: Settings) -> aioredis.Redis:
     """A pooled client; commands reconnect on their own after Redis restarts.
 
@@ -159,3 +65,26 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
         timeout=5,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+class HiredisPackedConnection(aioredis.Connection):
+    """redis-py's asyncio connection, packing commands in C.
+
+    The asyncio one packs in Python and re-copies its buffer for every argument, and
+    redis-py's hiredis serializer still inspects every argument in Python first; a
+    runner's log commit is one script call with three arguments per token. Commands
+    whose name has a space (``SCRIPT LOAD``) and arguments hiredis refuses
+    (``bytearray``) take redis-py's own path.
+    """
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        head = args[0]
+        if (" " if isinstance(head, str) else b" ") not in head:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed

@@ -15,7 +15,8 @@ import prometheus_client
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from libs.common.connections import DirectNATS, connect_nats, connect_redis
+from libs.common.connections import connect_nats, connect_redis
+from libs.common.direct_nats import DirectNATS
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
 from libs.common.process import prepare_process

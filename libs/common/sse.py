@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass
 
 import msgspec
 
@@ -17,7 +16,9 @@ RETRY = b"retry: 1000\n\n"
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-class TokenData(msgspec.Struct, array_like=False):
+class TokenData(msgspec.Struct):
+    """The JSON of a native ``token`` event."""
+
     seq: int
     n: int
     text: str
@@ -25,6 +26,7 @@ class TokenData(msgspec.Struct, array_like=False):
 
 
 _json = msgspec.json.Encoder()
+token_data = msgspec.json.Decoder(TokenData)
 
 
 def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
@@ -45,8 +47,9 @@ def token_frame(last_seq: int, texts: list[str], ts: int) -> bytes:
     return b"event: token\nid: %d\ndata: %s\n\n" % (last_seq, data)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
+    """One dispatched event; a Struct, as a frozen dataclass's init was 7% of a client's work."""
+
     type: str
     data: str
     last_event_id: str

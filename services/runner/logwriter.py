@@ -19,7 +19,7 @@ import asyncio
 import time
 
 from libs.common import metrics, names
-from libs.common.connections import DirectNATS
+from libs.common.direct_nats import DirectNATS
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from libs.common import metrics, names, tracing
-from libs.common.connections import DirectNATS
+from libs.common.direct_nats import DirectNATS
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait

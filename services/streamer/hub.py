@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager, suppress
 from nats.aio.subscription import Subscription
 
 from libs.common import metrics, names
-from libs.common.connections import DirectNATS
+from libs.common.direct_nats import DirectNATS
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Pace,

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from libs.common.process import prepare_process
-from libs.common.sse import Event
+from libs.common.sse import Event, token_data
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, line, summary
 from libs.tools.bench.usage import own_cpu_s
@@ -78,13 +78,13 @@ class Tally:
             sample.status_ms.append((at_ns - self.started_ns) / 1e6)
             self.first_event = False
         if event.type == "token":
-            data: Any = event.json()
-            last, count = data["seq"], data["n"]
+            data = token_data.decode(event.data)
+            last, count = data.seq, data.n
             if self.first_token:
                 sample.ttft_ms.append((at_ns - self.started_ns) / 1e6)
                 self.first_token = False
-                self.origin_ns = data["ts"] - (last - count + 1) * self.interval_ns
-            sample.delivery_ms.extend([(at_ns - data["ts"]) / 1e6] * count)
+                self.origin_ns = data.ts - (last - count + 1) * self.interval_ns
+            sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
             due = self.origin_ns - at_ns
             sample.lag_ms.extend(
                 -(due + seq * self.interval_ns) / 1e6 for seq in range(last - count + 1, last + 1)
