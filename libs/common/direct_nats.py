@@ -120,7 +120,7 @@ class DirectParser(Parser):
                 end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
                 if end < 0:
                     break
-                subject, sid, reply, needed = _msg_args(buf[pos + 4 : end])
+                subject, sid, reply, needed = _msg_args(buf, pos + 4, end)
                 start = end + 2
                 if start + needed + 2 > size:
                     break
@@ -134,7 +134,7 @@ class DirectParser(Parser):
                     continue
                 del buf[:pos]  # the slow path awaits: leave the buffer consistent first
                 size, pos = size - pos, 0
-                await client._process_msg(sid, subject, reply, payload, None)
+                await client._process_msg(sid, bytes(subject), bytes(reply), payload, None)
                 if self.buf is not buf:  # reset by a reconnect meanwhile
                     return False
         finally:
@@ -143,14 +143,14 @@ class DirectParser(Parser):
         return True
 
 
-def _msg_args(line: bytearray) -> tuple[bytes, int, bytes, int]:
-    """``<subject> <sid> [reply-to] <#bytes>`` of a ``MSG`` op."""
-    args = line.split()
+def _msg_args(buf: bytearray, start: int, end: int) -> tuple[bytearray, int, bytearray, int]:
+    """``<subject> <sid> [reply-to] <#bytes>``: the arguments of a ``MSG`` op, in ``buf[start:end]``."""
+    args = buf[start:end].split()
     try:
         if len(args) == 3:
-            return bytes(args[0]), int(args[1]), b"", int(args[2])
+            return args[0], int(args[1]), bytearray(), int(args[2])
         if len(args) == 4:
-            return bytes(args[0]), int(args[1]), bytes(args[2]), int(args[3])
+            return args[0], int(args[1]), args[2], int(args[3])
     except ValueError:
         pass
     raise errors.ProtocolError("nats: malformed MSG")

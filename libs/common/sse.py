@@ -27,6 +27,7 @@ class TokenData(msgspec.Struct):
 
 _json = msgspec.json.Encoder()
 token_data = msgspec.json.Decoder(TokenData)
+TOKEN_EVENT = b'event: token\nid: %d\ndata: {"seq":%d,"n":%d,"text":%s,"ts":%d}\n\n'
 
 
 def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
@@ -42,9 +43,12 @@ def json_frame(event: str, payload: object, event_id: int | None = None) -> byte
 
 
 def token_frame(last_seq: int, texts: list[str], ts: int) -> bytes:
-    """A ``token`` event carrying ``texts`` (consecutive tokens ending at ``last_seq``)."""
-    data = _json.encode(TokenData(seq=last_seq, n=len(texts), text="".join(texts), ts=ts))
-    return b"event: token\nid: %d\ndata: %s\n\n" % (last_seq, data)
+    """A ``token`` event carrying ``texts`` (consecutive tokens ending at ``last_seq``).
+
+    Its data is :class:`TokenData`'s JSON, spelled here so that only the text is encoded.
+    """
+    text = _json.encode("".join(texts))
+    return TOKEN_EVENT % (last_seq, last_seq, len(texts), text, ts)
 
 
 class Event(msgspec.Struct, frozen=True):

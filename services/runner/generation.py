@@ -146,7 +146,7 @@ class Generation:
         self._log.push(self._buffer, text, now)
 
     def full(self) -> bool:
-        return not self._buffer.space.is_set()
+        return self._buffer.full
 
     async def space(self) -> None:
         await self._buffer.space.wait()

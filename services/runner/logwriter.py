@@ -26,7 +26,7 @@ from libs.common.tasks import cancel_and_wait
 from libs.common.wire import TokenBatch, tokens_codec
 
 IN_FLIGHT = 4
-COMMIT_GAP_S = 0.001
+COMMIT_GAP_S = 0.002
 MAX_PENDING_TOKENS = 8_192
 
 
@@ -35,7 +35,8 @@ class TokenBuffer:
 
     __slots__ = (
         "closing",
-        "idle",
+        "drained",
+        "full",
         "in_flight",
         "last_flush",
         "numbered",
@@ -57,10 +58,10 @@ class TokenBuffer:
         self.in_flight = False
         self.scheduled = False
         self.closing = False
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.drained: asyncio.Future[None] | None = None
         self.space = asyncio.Event()
         self.space.set()
+        self.full = False  # ``space`` cleared, as a plain flag the model's loop checks per token
 
 
 Entry = tuple[TokenBuffer, TokenBatch, bytes]
@@ -90,18 +91,19 @@ class LogWriter:
         texts = buffer.texts
         texts.append(text)
         buffer.stamps.append(stamp)
-        if len(texts) == 1:
-            buffer.idle.clear()
-        elif len(texts) >= MAX_PENDING_TOKENS:
+        if len(texts) >= MAX_PENDING_TOKENS:
             buffer.space.clear()
+            buffer.full = True
         if not (buffer.in_flight or buffer.scheduled):
             self._consider(buffer)
 
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""
         buffer.closing = True
-        self._consider(buffer)
-        await buffer.idle.wait()
+        if buffer.texts or buffer.in_flight:
+            buffer.drained = asyncio.get_running_loop().create_future()
+            self._consider(buffer)
+            await buffer.drained
 
     def _consider(self, buffer: TokenBuffer) -> None:
         if buffer.in_flight or buffer.scheduled or not buffer.texts:
@@ -112,7 +114,8 @@ class LogWriter:
             asyncio.get_running_loop().call_later(wait, self._due, buffer)
             return
         self._ready[buffer] = None
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _due(self, buffer: TokenBuffer) -> None:
         buffer.scheduled = False
@@ -146,8 +149,9 @@ class LogWriter:
             texts, stamps = buffer.texts, buffer.stamps
             buffer.texts, buffer.stamps = [], []
             buffer.in_flight, buffer.last_flush = True, now
-            if len(texts) >= MAX_PENDING_TOKENS:
+            if buffer.full:
                 buffer.space.set()
+                buffer.full = False
             first = buffer.numbered + 1
             if len(texts) <= size:  # the usual case: one entry, no copy
                 batch = TokenBatch(first=first, texts=texts, ts=stamps[0])
@@ -175,8 +179,8 @@ class LogWriter:
             buffer.in_flight = False
             if buffer.texts:
                 self._consider(buffer)
-            else:
-                buffer.idle.set()
+            elif buffer.drained is not None and not buffer.drained.done():
+                buffer.drained.set_result(None)
 
     async def _publish(self, buffer: TokenBuffer, payload: bytes) -> None:
         await retry_forever(

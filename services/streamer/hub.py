@@ -52,12 +52,13 @@ class Channel:
         self.slice = 0
 
     def on_message(self, subject: str, data: bytes) -> None:
-        kind = subject.rsplit(".", 1)[1]
-        if kind == "tokens":
+        if subject.endswith(".tokens"):
             message = tokens_codec.decode(data)
             for reader in self.readers:
                 reader.offer(message)
-        elif kind == "lifecycle":
+            return
+        kind = subject.rsplit(".", 1)[1]
+        if kind == "lifecycle":
             change = lifecycle_codec.decode(data)
             for reader in self.readers:
                 reader.status(change)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from libs.common import sse
 from libs.common.sse import SSEParser
 
@@ -17,6 +19,15 @@ def test_token_frame_round_trips() -> None:
     assert events[0].type == "token" and events[0].last_event_id == "7"
     assert events[0].json() == {"seq": 7, "n": 2, "text": "lo, wor", "ts": 123}
     assert events[0].retry == 1000
+
+
+def test_token_frame_data_is_token_data_json_for_any_text() -> None:
+    texts = ['"quoted"', "back\\slash", "new\nline", "\u2028 ☃ \x00", "</script>"]
+    for text in texts:
+        (event,) = parse(sse.token_frame(3, [text, "!"], 9))
+        expected = msgspec.json.encode(sse.TokenData(seq=3, n=2, text=text + "!", ts=9))
+        assert event.data.encode() == expected
+        assert sse.token_data.decode(event.data).text == text + "!"
 
 
 def test_any_line_ending_and_any_split_point() -> None:

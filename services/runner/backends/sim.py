@@ -119,9 +119,6 @@ class _Sequence:
         self.start, self.interval, self.count = start, interval, count
         self.index = 0
 
-    def next_due(self) -> float:
-        return self.start + self.index * self.interval
-
 
 class SimBackend:
     def __init__(self) -> None:
@@ -163,7 +160,7 @@ class SimBackend:
 
     def _place(self, sequence: _Sequence) -> int:
         """Put the sequence in the slot of the first tick at or after its next token."""
-        tick = math.ceil(sequence.next_due() / TICK_S)
+        tick = math.ceil((sequence.start + sequence.index * sequence.interval) / TICK_S)
         slot = self._slots.get(tick)
         if slot is None:
             self._slots[tick] = [sequence]
@@ -196,21 +193,23 @@ class SimBackend:
         """Emit the sequence's due tokens, then put it back in line, park it or finish it."""
         if sequence.done.done():
             return
-        sink, tokens = sequence.sink, sequence.tokens
+        sink, tokens, index = sequence.sink, sequence.tokens, sequence.index
         due = min(
             sequence.count,
-            sequence.index + MAX_PER_TICK,
+            index + MAX_PER_TICK,
             int((now - sequence.start) / sequence.interval) + 1,
         )
-        while sequence.index < due:
+        while index < due:
             if sink.full():
+                sequence.index = index
                 parked = asyncio.get_running_loop().create_task(self._unpark(sequence))
                 self._parked.add(parked)
                 parked.add_done_callback(self._parked.discard)
                 return
             sink.push(next(tokens))
-            sequence.index += 1
-        if sequence.index == sequence.count:
+            index += 1
+        sequence.index = index
+        if index == sequence.count:
             sequence.done.set_result(None)
         else:
             self._place(sequence)
