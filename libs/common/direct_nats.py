@@ -4,26 +4,36 @@ Receiving: nats-py gives each subscription with a callback a queue and a task of
 own, a put, a task switch and a coroutine per message (about 5 µs, a quarter of a
 streamer's core at 50,000 tokens/s). A direct subscription's handler runs inside the
 client's read loop instead, so it must never block; an exception it raises is logged
-and the message dropped, as a callback's would be. Its ``MSG`` ops are parsed by
-:class:`DirectParser` without a regular expression, a buffer deletion or a coroutine
+and the message dropped, as a callback's would be. :class:`DirectParser` reads the
+protocol by offset, without a regular expression, a buffer deletion or a coroutine
 per message.
 
 Sending: :meth:`DirectNATS.publish_many` queues a whole commit's messages as one
 command instead of building and queueing each on its own.
 
-Both use nats-py internals (``Parser``, ``_ps``, ``_process_msg``, ``_send_command``);
+Both use nats-py internals (``Parser``, ``_ps``, ``_process_*``, ``_send_command``);
 the pinned nats-py version, the tests of this module and the end-to-end tests guard them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
 from nats import errors
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
-from nats.protocol.parser import AWAITING_CONTROL_LINE, MAX_CONTROL_LINE_SIZE, Parser
+from nats.protocol.parser import (
+    ERR_RE,
+    HMSG_RE,
+    INFO_RE,
+    MAX_CONTROL_LINE_SIZE,
+    OK_RE,
+    PING_RE,
+    PONG_RE,
+    Parser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +100,14 @@ class DirectNATS(NATS):
 
 
 class DirectParser(Parser):
-    """nats-py's parser, with a fast path for the ``MSG`` ops at the head of the buffer.
+    """nats-py's protocol parser, rewritten around offsets for traffic of one message per token.
 
-    Each complete ``MSG`` is sliced out by offset and handed over; the buffer is
-    trimmed once per read rather than twice per message. Anything else (``PING``,
-    ``INFO``, ``HMSG``, ``-ERR``, a message nats-py's own parser had half read) goes to
-    nats-py's parser, which then parses the rest of that read; an incomplete ``MSG``
-    waits for the next read.
+    Each complete op is sliced out of the buffer by offset, and the buffer is trimmed
+    once per read (and before anything that awaits) rather than twice per message; a
+    ``MSG`` for a direct subscription is handed over without a regular expression or a
+    coroutine. Other ops are matched with nats-py's own expressions and go to the same
+    client methods its parser calls. An incomplete op waits in the buffer for the next
+    read, so the parser never sits between a message's arguments and its payload.
     """
 
     def __init__(self, nc: DirectNATS) -> None:
@@ -104,43 +115,86 @@ class DirectParser(Parser):
         self._client = nc
 
     async def parse(self, data: bytes = b"") -> None:
-        if self.state != AWAITING_CONTROL_LINE:
-            await super().parse(data)
-            return
         buf = self.buf
         buf += data
-        if await self._messages(buf) and self.buf is buf and buf and not buf.startswith(MSG):
-            await super().parse()
-
-    async def _messages(self, buf: bytearray) -> bool:
-        """Consume the complete ``MSG`` ops at the head of ``buf``; False if it was reset."""
-        client, stats, pos, size = self._client, self._client.stats, 0, len(buf)
+        client, stats, pos = self._client, self._client.stats, 0
         try:
-            while buf.startswith(MSG, pos):
-                end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
-                if end < 0:
-                    break
-                subject, sid, reply, needed = _msg_args(buf, pos + 4, end)
-                start = end + 2
-                if start + needed + 2 > size:
-                    break
-                payload = bytes(buf[start : start + needed])
-                pos = start + needed + 2
-                handler = client.direct_handler(sid)
-                if handler is not None:
-                    stats["in_msgs"] += 1
-                    stats["in_bytes"] += needed
-                    _dispatch(handler, subject.decode(), payload)
-                    continue
-                del buf[:pos]  # the slow path awaits: leave the buffer consistent first
-                size, pos = size - pos, 0
-                await client._process_msg(sid, bytes(subject), bytes(reply), payload, None)
+            while pos < len(buf):
+                if buf.startswith(MSG, pos):
+                    end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
+                    if end < 0:
+                        _check_line(buf, pos)
+                        return
+                    subject, sid, reply, needed = _msg_args(buf, pos + 4, end)
+                    start = end + 2
+                    if start + needed + 2 > len(buf):
+                        return
+                    payload = bytes(buf[start : start + needed])
+                    after = start + needed + 2
+                    handler = client.direct_handler(sid)
+                    if handler is not None:
+                        pos = after
+                        stats["in_msgs"] += 1
+                        stats["in_bytes"] += needed
+                        _dispatch(handler, subject.decode(), payload)
+                        continue
+                    del buf[:after]  # what follows awaits: leave the buffer consistent first
+                    pos = 0
+                    await client._process_msg(sid, bytes(subject), bytes(reply), payload, None)
+                else:
+                    end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
+                    if end < 0:
+                        _check_line(buf, pos)
+                        return
+                    line = bytes(buf[pos : end + 2])
+                    if line.startswith(b"HMSG"):
+                        if not await self._headed_message(buf, pos, line):
+                            return
+                    else:
+                        del buf[: end + 2]
+                        await self._control(line)
+                    pos = 0
                 if self.buf is not buf:  # reset by a reconnect meanwhile
-                    return False
+                    return
         finally:
-            if pos:
+            if pos and self.buf is buf:
                 del buf[:pos]
+
+    async def _headed_message(self, buf: bytearray, pos: int, line: bytes) -> bool:
+        """An ``HMSG``: False if its payload has not all arrived."""
+        match = HMSG_RE.match(line)
+        if match is None:
+            raise errors.ProtocolError("nats: malformed MSG")
+        subject, sid, _, reply, header_size, total_size = match.groups()
+        start, headers, total = pos + len(line), int(header_size), int(total_size)
+        if start + total + 2 > len(buf):
+            return False
+        header = bytes(buf[start : start + headers])
+        payload = bytes(buf[start + headers : start + total])
+        del buf[: start + total + 2]
+        await self._client._process_msg(int(sid), subject, reply or b"", payload, header)
         return True
+
+    async def _control(self, line: bytes) -> None:
+        client = self._client
+        if PING_RE.match(line):
+            await client._process_ping()
+        elif PONG_RE.match(line):
+            await client._process_pong()
+        elif OK_RE.match(line):
+            pass
+        elif match := ERR_RE.match(line):
+            await client._process_err((match.group(1) or b"").decode().lower())
+        elif match := INFO_RE.match(line):
+            await client._process_info(json.loads(match.group(1).decode()))
+        else:
+            raise errors.ProtocolError("nats: unknown protocol")
+
+
+def _check_line(buf: bytearray, pos: int) -> None:
+    """An op without its line end yet: wait for it, unless no server line is that long."""
+    if len(buf) - pos >= MAX_CONTROL_LINE_SIZE:
+        raise errors.ProtocolError("nats: control line too long")
 
 
 def _msg_args(buf: bytearray, start: int, end: int) -> tuple[bytearray, int, bytearray, int]:

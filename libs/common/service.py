@@ -88,6 +88,16 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     return app
 
 
+LISTEN_BACKLOG = 4096
+"""Connections the kernel may queue before a service accepts them (capped by somaxconn).
+
+aiohttp's default of 128 overflowed while 200 clients a second connected to a busy
+streamer: the kernel dropped their handshakes and each client waited out TCP's
+retransmit timer (1 s, then 3 s, then 7 s) before its first event. A streamer restart,
+when every one of its readers reconnects at once, is the same burst.
+"""
+
+
 def run(app: web.Application, port: int) -> None:
     """Serve until SIGTERM/SIGINT (on uvloop, see :func:`prepare_process`)."""
     prepare_process()
@@ -100,4 +110,5 @@ def run(app: web.Application, port: int) -> None:
         print=None,
         shutdown_timeout=settings.drain_timeout_s,
         handle_signals=True,
+        backlog=LISTEN_BACKLOG,
     )

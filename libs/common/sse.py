@@ -90,31 +90,27 @@ class SSEParser:
         self._buffer = lines.pop()
         self._pending_cr = data.endswith("\r")
         events: list[Event] = []
-        for line in lines:
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
+        for line in lines:  # the field rules inline: three lines per token event
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+                continue
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+                self._has_data = True
+            elif name == "event":
+                self._event_type = value
+            elif name == "id":
+                if "\x00" not in value:
+                    self.last_event_id = value
+            elif name == "retry" and value.isascii() and value.isdigit():
+                self.retry = int(value)
+            # any other name, and a comment (a line starting with ":"), is ignored
         return events
-
-    def _line(self, line: str) -> Event | None:
-        if line == "":
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event_type = value
-        elif name == "data":
-            self._data.append(value)
-            self._has_data = True
-        elif name == "id":
-            if "\x00" not in value:
-                self.last_event_id = value
-        elif name == "retry" and value.isdigit():
-            self.retry = int(value)
-        return None
 
     def _dispatch(self) -> Event | None:
         event_type = self._event_type or "message"

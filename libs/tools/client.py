@@ -39,10 +39,10 @@ class SluiceClient:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def create(self, **body: Any) -> dict[str, Any]:
-        """POST /v1/streams; raises with the JSON error for a non-201 answer."""
+        """POST /v1/streams; raises :class:`StreamRefused` with the JSON error for a non-201."""
         status, answer = await self.create_raw(msgspec.json.encode(body))
         if status != 201:
-            raise AssertionError(f"create answered {status}: {answer}")
+            raise StreamRefused(status, msgspec.json.encode(answer), {})
         return dict(answer)
 
     async def create_raw(
@@ -99,6 +99,14 @@ class StreamRefused(Exception):
 
     def json(self) -> Any:
         return msgspec.json.decode(self.body)
+
+    def label(self) -> str:
+        """``<status> <error type>``, how the benchmark counts a refusal."""
+        try:
+            kind = self.json()["error"]["type"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            kind = "error"
+        return f"{self.status} {kind}"
 
 
 def text_of(received: list[Received]) -> str:

@@ -4,9 +4,10 @@ The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits. While the socket keeps up and nothing else is pending, ``offer`` writes
 a fresh message's frame itself (no task switch per token: at 50,000 tokens/s that was
 a fifth of a streamer's work). A message older than :data:`FRESH_NS` means this
-streamer has fallen behind: its tokens wait for the end of the event loop's turn
-(:class:`LiveWrites`), so the messages of one stream read in that turn leave as one
-frame, and an overloaded streamer writes fewer, bigger frames and catches up.
+streamer has fallen behind: its tokens wait up to :data:`STALE_FLUSH_S`
+(:class:`LiveWrites`), so the messages of one stream that arrive meanwhile leave as one
+frame, and an overloaded streamer (and its clients) handle fewer, bigger frames and
+catch up.
 Otherwise the reader's own writer task turns pending tokens into frames: coalesced
 while bytes still wait in the socket's buffer (so slower clients get bigger frames),
 at most ``pace`` frames a second. Past
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
 FRESH_NS = 25_000_000
+STALE_FLUSH_S = 0.02  # one model interval at 50 tokens/s: stale frames carry ~2 tokens
 DRAIN_POLL_S = (0.001, 0.1)
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 PING = b'event: ping\ndata: {"t": %d}\n\n'
@@ -108,10 +110,11 @@ NATIVE_FRAMES = NativeFrames()
 
 
 class LiveWrites:
-    """Readers with stale live tokens, written when the event loop finishes its turn.
+    """Readers with stale live tokens, all written :data:`STALE_FLUSH_S` after the first.
 
-    A streamer that has fallen behind reads many messages per stream in one turn; they
-    leave as one frame per stream, so it writes fewer, bigger frames and catches up.
+    Writing each stale message at once would keep an overloaded streamer at one frame
+    per token; gathering for a window (only once tokens are already late) makes the
+    frames bigger the further behind it is, so it and its clients catch up.
     """
 
     def __init__(self) -> None:
@@ -119,7 +122,7 @@ class LiveWrites:
 
     def add(self, reader: Reader) -> None:
         if not self._readers:
-            asyncio.get_running_loop().call_soon(self._write)
+            asyncio.get_running_loop().call_later(STALE_FLUSH_S, self._write)
         self._readers[reader] = None
 
     def _write(self) -> None:

@@ -34,6 +34,12 @@ class Recording(DirectNATS):
     async def _process_ping(self) -> None:
         self.events.append(("ping",))
 
+    async def _process_pong(self) -> None:
+        self.events.append(("pong",))
+
+    async def _process_err(self, err_msg: str) -> None:
+        self.events.append(("err", err_msg))
+
     async def _process_info(
         self, info: dict[str, object], initial_connection: bool = False
     ) -> None:
@@ -60,6 +66,8 @@ WIRE = b"".join(
         b"HMSG a.tokens 1 %d %d\r\n%sbody\r\n" % (len(HEADERS), len(HEADERS) + 4, HEADERS),
         b'INFO {"server_id":"s1"}\r\n',
         msg(b"b.other", 2, b"hi", reply=b"r"),
+        b"PONG\r\n",
+        b"-ERR 'Permissions Violation'\r\n",
         msg(b"a.tokens", 1, b"x" * 70_000),
         msg(b"a.tokens", 1, b"end"),
     ]
@@ -74,6 +82,8 @@ EXPECTED: list[Event] = [
     ("direct", "a.tokens", "body"),
     ("info", "s1"),
     ("queued", "b.other", "r", "hi"),
+    ("pong",),
+    ("err", "'permissions violation'"),
     ("direct", "a.tokens", "x" * 70_000),
     ("direct", "a.tokens", "end"),
 ]
@@ -92,20 +102,28 @@ async def test_one_read_holding_every_kind_of_op() -> None:
 
 
 async def test_every_split_into_two_reads() -> None:
-    cuts = [*range(0, 400), *range(len(WIRE) - 40, len(WIRE) + 1)]
+    small = WIRE.index(b"x" * 100) + 20  # every op before the big payload, and into it
+    cuts = [*range(0, small), *range(len(WIRE) - 40, len(WIRE) + 1)]
     for cut in cuts:
         assert await feed([WIRE[:cut], WIRE[cut:]]) == EXPECTED, cut
 
 
 async def test_reads_of_seven_bytes() -> None:
-    head = WIRE[:400]
-    events = await feed([head[i : i + 7] for i in range(0, len(head), 7)] + [WIRE[400:]])
+    small = WIRE.index(b"x" * 100)
+    head = WIRE[:small]
+    events = await feed([head[i : i + 7] for i in range(0, len(head), 7)] + [WIRE[small:]])
     assert events == EXPECTED
 
 
-async def test_a_malformed_msg_is_a_protocol_error() -> None:
-    with pytest.raises(errors.ProtocolError):
-        await feed([b"MSG a.tokens one 5\r\nhello\r\n"])
+async def test_malformed_unknown_and_endless_ops_are_protocol_errors() -> None:
+    for wire in (
+        b"MSG a.tokens one 5\r\nhello\r\n",
+        b"HMSG a.tokens 1 x\r\n",
+        b"BOGUS\r\n",
+        b"MSG " + b"a" * 5000,
+    ):
+        with pytest.raises(errors.ProtocolError):
+            await feed([wire])
 
 
 async def test_a_reset_while_a_queued_message_is_handled_drops_the_old_buffer() -> None:

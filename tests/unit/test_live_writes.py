@@ -1,4 +1,4 @@
-"""A reader's live path: fresh tokens leave one frame each, stale ones leave together."""
+"""A reader's live path: fresh tokens leave one frame each, stale ones gather for a window."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, cast
 from libs.common.sse import SSEParser
 from libs.common.store import StreamStore
 from libs.common.wire import StatusChange, TokenBatch, TokensMessage
-from services.streamer.reader import FRESH_NS, LiveWrites, Reader
+from services.streamer.reader import FRESH_NS, STALE_FLUSH_S, LiveWrites, Reader
 
 
 class Transport:
@@ -77,13 +77,17 @@ async def test_fresh_tokens_are_written_at_once_one_frame_each() -> None:
     serving.cancel()
 
 
-async def test_stale_tokens_offered_in_one_turn_leave_as_one_frame() -> None:
+async def test_stale_tokens_offered_within_the_window_leave_as_one_frame() -> None:
     reader, transport, serving = await parked_reader()
     stale = time.time_ns() - 4 * FRESH_NS
-    for seq in (1, 2, 3):
+    for seq in (1, 2):
         reader.offer(TokenBatch(first=seq, texts=[f" t{seq}"], ts=stale))
+    await asyncio.sleep(STALE_FLUSH_S / 4)
     assert transport.writes == [], "a streamer that is behind gathers before writing"
-    await asyncio.sleep(0)
+    reader.offer(TokenBatch(first=3, texts=[" t3"], ts=stale))
+    await asyncio.sleep(STALE_FLUSH_S)
     assert tokens_in(transport.writes) == [[" t1 t2 t3"]]
     assert reader.sent == 3
+    reader.offer(TokenBatch(first=4, texts=[" t4"], ts=time.time_ns()))
+    assert tokens_in(transport.writes)[-1] == [" t4"], "fresh again: written at once"
     serving.cancel()

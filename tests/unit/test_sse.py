@@ -65,3 +65,8 @@ def test_multibyte_text_split_across_chunks() -> None:
 def test_field_without_colon_and_no_space_after_colon() -> None:
     events = parse(b"data\ndata:x\n\n")
     assert events[0].data == "\nx"
+
+
+def test_field_rules_a_bare_name_comments_and_only_ascii_retry() -> None:
+    events = parse(b"retry: \xc2\xb2\ndata\n: note\ndata: x\nfoo: bar\n\nretry: 2500\ndata:y\n\n")
+    assert [(e.data, e.retry) for e in events] == [("\nx", None), ("y", 2500)]

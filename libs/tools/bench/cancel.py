@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from libs.tools.bench.stats import emit, line, summary
+from libs.tools.bench.stats import emit, error_label, line, summary
 from libs.tools.client import SluiceClient, events
 
 POLL_S = 0.05
@@ -142,7 +142,7 @@ async def guarded(coroutine: Any, sample: Sample) -> None:
     try:
         await coroutine
     except Exception as exc:
-        sample.errors[type(exc).__name__] += 1
+        sample.errors[error_label(exc)] += 1
 
 
 async def run_all(args: argparse.Namespace, gateway: str) -> Sample:

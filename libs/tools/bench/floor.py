@@ -21,7 +21,7 @@ from libs.common import sse
 from libs.common.process import prepare_process
 from libs.tools.bench import latency
 from libs.tools.bench.reader import follow
-from libs.tools.bench.stats import emit, line, summary
+from libs.tools.bench.stats import emit, error_label, line, summary
 from libs.tools.bench.usage import cpu_s, format_shares, own_cpu_s
 from libs.tools.servers import free_port
 
@@ -106,7 +106,7 @@ async def _read(url: str, count: int, ramp_s: float, tokens_per_s: float) -> lat
         try:
             await follow(url, latency.Tally(sample, time.time_ns(), tokens_per_s).on_event)
         except Exception as exc:
-            sample.errors[type(exc).__name__] += 1
+            sample.errors[error_label(exc)] += 1
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return sample

@@ -23,7 +23,7 @@ import aiohttp
 from libs.common.process import prepare_process
 from libs.common.sse import Event, token_data
 from libs.tools.bench.reader import follow
-from libs.tools.bench.stats import emit, line, summary
+from libs.tools.bench.stats import emit, error_label, line, summary
 from libs.tools.bench.usage import own_cpu_s
 from libs.tools.client import SluiceClient
 
@@ -84,11 +84,16 @@ class Tally:
                 sample.ttft_ms.append((at_ns - self.started_ns) / 1e6)
                 self.first_token = False
                 self.origin_ns = data.ts - (last - count + 1) * self.interval_ns
-            sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
             due = self.origin_ns - at_ns
-            sample.lag_ms.extend(
-                -(due + seq * self.interval_ns) / 1e6 for seq in range(last - count + 1, last + 1)
-            )
+            if count == 1:  # the usual frame: no list or generator for one value
+                sample.delivery_ms.append((at_ns - data.ts) / 1e6)
+                sample.lag_ms.append(-(due + last * self.interval_ns) / 1e6)
+            else:
+                sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
+                sample.lag_ms.extend(
+                    -(due + seq * self.interval_ns) / 1e6
+                    for seq in range(last - count + 1, last + 1)
+                )
             sample.tokens += count
         elif event.type == "error":
             error: Any = event.json()
@@ -104,7 +109,7 @@ async def one_stream(
         created = await client.create(**body)
         await follow(created["events_url"], tally.on_event)
     except Exception as exc:
-        sample.errors[type(exc).__name__] += 1
+        sample.errors[error_label(exc)] += 1
 
 
 async def run_streams(

@@ -7,6 +7,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from libs.tools.client import StreamRefused
+
+
+def error_label(exc: Exception) -> str:
+    """How a failed stream is counted: status and type of a refusal, else the exception's class."""
+    return exc.label() if isinstance(exc, StreamRefused) else type(exc).__name__
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of ``values`` (q in 0..100); NaN when empty."""
