@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import select
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
+from libs.common.service import LISTEN_BACKLOG
 from libs.tools.bench.stats import percentile
 from libs.tools.client import Received, SluiceClient, StreamRefused, events
 from libs.tools.stack import Stack
@@ -288,3 +292,23 @@ async def until_open(
     while await metric(session, streamer, name) < count:
         assert time.monotonic() < deadline, "the streams did not open"
         await asyncio.sleep(0.05)
+
+
+def test_every_service_listens_with_a_deep_backlog(stack: Stack) -> None:
+    """A burst of connections waits in the kernel's accept queue instead of being dropped.
+
+    With aiohttp's default (128), dropped handshakes wait out TCP's retransmit timer.
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss (iproute2) is not installed")
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    listing = subprocess.run([ss, "-ltnH"], capture_output=True, text=True, check=True).stdout
+    backlogs: dict[int, int] = {}
+    for line in listing.splitlines():
+        _, _, backlog, local, *_ = line.split()
+        backlogs[int(local.rsplit(":", 1)[1])] = int(backlog)
+    running = [s for s in stack.services if s.process is not None and s.process.poll() is None]
+    assert running
+    for service in running:
+        assert backlogs.get(service.port) == min(LISTEN_BACKLOG, somaxconn), service.name
