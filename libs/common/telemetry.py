@@ -6,9 +6,12 @@ files pass it through) they and the traces also go out over OTLP, by
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the spec's default, or ``grpc``);
 ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_METRICS_EXPORTER=none`` turns either off.
 Histograms measured in seconds get buckets for seconds (the SDK's defaults suit ms).
-Exemplars are off unless ``OTEL_METRICS_EXEMPLAR_FILTER`` asks for them: the
-Prometheus text format drops them anyway, and the trace lookup they need made every
-histogram record 60% dearer.
+Spans nobody exports are not recorded: without a trace exporter the sampler drops them
+all, yet each still gets ids, so ``traceparent`` still travels with the stream and log
+lines still carry the trace id (recording them was about a tenth of the coordinator's work
+per admitted stream). Exemplars are off unless ``OTEL_METRICS_EXEMPLAR_FILTER`` asks
+for them: the Prometheus text format drops them anyway, and the trace lookup they need
+made every histogram record 60% dearer.
 With telemetry off (``SLUICE_TELEMETRY=0``) no provider is installed, so every
 instrument and span is the API's no-op: that is the baseline instrumentation is
 measured against.
@@ -30,6 +33,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from libs.common.metrics import HISTOGRAM_BUCKETS, zero_counters
 
@@ -81,7 +85,9 @@ def setup_telemetry(service: str, enabled: bool = True) -> None:
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or service})
     readers: list[MetricReader] = [PrometheusMetricReader()]
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=None if _exporting("TRACES") else ALWAYS_OFF
+    )
     if otlp_endpoint():
         span_exporter, metric_exporter = _otlp_exporters()
         if _exporting("METRICS"):
