@@ -65,26 +65,37 @@ runner_stream_duration = _meter.create_histogram(
 )
 
 
-class Total:
-    """A running count that an observable counter reads when metrics are collected.
-
-    Adding is an integer increment, where a synchronous counter's ``add`` costs ~10 µs
-    in the SDK: a runner adds once per log commit, a thousand times a second.
-    """
+class Level:
+    """A current value that an observable instrument reads when metrics are collected."""
 
     def __init__(self) -> None:
-        self.value = 0
-
-    def add(self, amount: int) -> None:
-        self.value += amount
+        self.value: float = 0
 
     def observe(self, _: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(self.value)]
 
 
+class Total(Level):
+    """A running count for an observable counter.
+
+    Adding is an integer increment, where a synchronous counter's ``add`` costs ~10 µs
+    in the SDK: a runner adds once per log commit, a thousand times a second.
+    """
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+
+
 runner_tokens = Total()
 _meter.create_observable_counter(
     "sluice.runner.tokens", callbacks=[runner_tokens.observe], description="Tokens generated"
+)
+runner_flush_window = Level()
+_meter.create_observable_gauge(
+    "sluice.runner.flush_window",
+    callbacks=[runner_flush_window.observe],
+    unit="s",
+    description="The runner's flush window: SLUICE_RUNNER_FLUSH_MS, wider while it runs late",
 )
 runner_slots_in_use = _meter.create_up_down_counter(
     "sluice.runner.slots_in_use", description="Generations in flight"

@@ -2,7 +2,8 @@
 
 Generations push each token into their stream's :class:`TokenBuffer` and never wait
 for the log. The writer decides when a stream flushes — the first token at once,
-then at most once per ``SLUICE_RUNNER_FLUSH_MS`` with up to
+then at most once per ``SLUICE_RUNNER_FLUSH_MS`` (wider while the runner is
+saturated: :mod:`services.runner.window`) with up to
 ``SLUICE_RUNNER_FLUSH_TOKENS`` tokens per log entry — and commits whatever is ready
 across all streams in one Redis call, then publishes each batch. Up to
 ``IN_FLIGHT`` commits run at once, so a token never waits for an earlier round trip;
@@ -25,6 +26,7 @@ from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import TokenBatch, tokens_codec
+from services.runner.window import FlushWindow
 
 IN_FLIGHT = 4
 COMMIT_GAP_S = 0.002
@@ -74,18 +76,20 @@ class LogWriter:
     ) -> None:
         self._store = store
         self._nc = nc
-        self._flush_s = flush_s
+        self.window = FlushWindow(flush_s)
         self._flush_tokens = flush_tokens
         self._ready: dict[TokenBuffer, None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
+        self._watch = asyncio.create_task(self.window.watch())
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task, *self._commits])
+        await cancel_and_wait([self._task, self._watch, *self._commits])
 
     def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
         """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""
@@ -109,7 +113,7 @@ class LogWriter:
     def _consider(self, buffer: TokenBuffer) -> None:
         if buffer.in_flight or buffer.scheduled or not buffer.texts:
             return
-        wait = buffer.last_flush + self._flush_s - time.monotonic()
+        wait = buffer.last_flush + self.window.seconds - time.monotonic()
         if wait > 0 and not buffer.closing and len(buffer.texts) < self._flush_tokens:
             buffer.scheduled = True
             asyncio.get_running_loop().call_later(wait, self._due, buffer)

@@ -35,8 +35,10 @@ METRICS = {
     "sluice_runners_alive",
     "sluice_runner_lost_total",
     "sluice_http_errors_total",
+    "sluice_runner_flush_window_seconds",
 }
-HISTOGRAMS = {m for m in METRICS if m.endswith("_seconds")}
+GAUGES = {"sluice_runner_flush_window_seconds"}
+HISTOGRAMS = {m for m in METRICS if m.endswith("_seconds")} - GAUGES
 
 
 def metric_names(expr: str) -> set[str]:

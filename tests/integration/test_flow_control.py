@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from libs.common.service import LISTEN_BACKLOG
+from libs.common.settings import Settings
 from libs.tools.bench.stats import percentile
 from libs.tools.client import Received, SluiceClient, StreamRefused, events
 from libs.tools.stack import Stack
@@ -312,3 +313,18 @@ def test_every_service_listens_with_a_deep_backlog(stack: Stack) -> None:
     assert running
     for service in running:
         assert backlogs.get(service.port) == min(LISTEN_BACKLOG, somaxconn), service.name
+
+
+async def test_an_idle_runner_reports_its_configured_flush_window(
+    session: aiohttp.ClientSession, stack: Stack
+) -> None:
+    """Once earlier tests' load is gone (a widened window narrows back within a second)."""
+    runner = next(s for s in stack.services if s.name == "runner")
+    configured = Settings().runner_flush_ms / 1000
+    deadline = time.monotonic() + 10
+    while True:
+        window = await metric(session, runner.url, "sluice_runner_flush_window_seconds")
+        if window == configured or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert window == configured
