@@ -28,7 +28,6 @@ from nats.protocol.parser import (
     ERR_RE,
     HMSG_RE,
     INFO_RE,
-    MAX_CONTROL_LINE_SIZE,
     OK_RE,
     PING_RE,
     PONG_RE,
@@ -120,11 +119,10 @@ class DirectParser(Parser):
         client, stats, pos = self._client, self._client.stats, 0
         try:
             while pos < len(buf):
+                end = buf.find(CRLF, pos)
+                if end < 0:  # the op's line has not all arrived (nats-py waits, too)
+                    return
                 if buf.startswith(MSG, pos):
-                    end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
-                    if end < 0:
-                        _check_line(buf, pos)
-                        return
                     subject, sid, reply, needed = _msg_args(buf, pos + 4, end)
                     start = end + 2
                     if start + needed + 2 > len(buf):
@@ -142,10 +140,6 @@ class DirectParser(Parser):
                     pos = 0
                     await client._process_msg(sid, bytes(subject), bytes(reply), payload, None)
                 else:
-                    end = buf.find(CRLF, pos, pos + MAX_CONTROL_LINE_SIZE)
-                    if end < 0:
-                        _check_line(buf, pos)
-                        return
                     line = bytes(buf[pos : end + 2])
                     if line.startswith(b"HMSG"):
                         if not await self._headed_message(buf, pos, line):
@@ -189,12 +183,6 @@ class DirectParser(Parser):
             await client._process_info(json.loads(match.group(1).decode()))
         else:
             raise errors.ProtocolError("nats: unknown protocol")
-
-
-def _check_line(buf: bytearray, pos: int) -> None:
-    """An op without its line end yet: wait for it, unless no server line is that long."""
-    if len(buf) - pos >= MAX_CONTROL_LINE_SIZE:
-        raise errors.ProtocolError("nats: control line too long")
 
 
 def _msg_args(buf: bytearray, start: int, end: int) -> tuple[bytearray, int, bytearray, int]:
