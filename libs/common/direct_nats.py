@@ -82,6 +82,12 @@ class DirectNATS(NATS):
     def direct_handler(self, sid: int) -> DirectHandler | None:
         return self._direct.get(sid)
 
+    def deliver(self, handler: DirectHandler, subject: str, data: bytes) -> None:
+        """Count a message for a direct subscription, as nats-py counts its own, and hand it over."""
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        _dispatch(handler, subject, data)
+
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self._direct.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
@@ -93,9 +99,7 @@ class DirectNATS(NATS):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        _dispatch(handler, subject.decode(), data)
+        self.deliver(handler, subject.decode(), data)
 
 
 class DirectParser(Parser):
@@ -116,7 +120,7 @@ class DirectParser(Parser):
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf += data
-        client, stats, pos = self._client, self._client.stats, 0
+        client, pos = self._client, 0
         try:
             while pos < len(buf):
                 end = buf.find(CRLF, pos)
@@ -132,9 +136,7 @@ class DirectParser(Parser):
                     handler = client.direct_handler(sid)
                     if handler is not None:
                         pos = after
-                        stats["in_msgs"] += 1
-                        stats["in_bytes"] += needed
-                        _dispatch(handler, subject.decode(), payload)
+                        client.deliver(handler, subject.decode(), payload)
                         continue
                     del buf[:after]  # what follows awaits: leave the buffer consistent first
                     pos = 0

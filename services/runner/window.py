@@ -18,6 +18,7 @@ PROBE_EVERY_S = 0.1
 PROBE_S = 0.01
 LAG_HIGH_S = 0.005  # a smoothed lag above this widens the window
 LAG_LOW_S = 0.002  # below this it narrows
+MIN_WIDENED_S = 0.01  # the first step up from a window of 0 (SLUICE_RUNNER_FLUSH_MS=0)
 MAX_WINDOW_S = 0.05
 GROW = 1.5
 SHRINK = 0.8
@@ -35,7 +36,7 @@ class FlushWindow:
         """Fold one probe's lateness in, and move the window accordingly."""
         self.lag_s += SMOOTHING * (lag_s - self.lag_s)
         if self.lag_s > LAG_HIGH_S:
-            self.seconds = min(MAX_WINDOW_S, max(self.seconds * GROW, PROBE_S))
+            self.seconds = min(MAX_WINDOW_S, max(self.seconds * GROW, MIN_WIDENED_S))
         elif self.lag_s < LAG_LOW_S:
             self.seconds = max(self.base_s, self.seconds * SHRINK)
         metrics.runner_flush_window.value = self.seconds

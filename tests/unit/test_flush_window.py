@@ -29,3 +29,10 @@ def test_one_late_probe_is_smoothed_away() -> None:
     window = FlushWindow(0.01)
     window.observe(LAG_HIGH_S * 2)
     assert window.seconds == 0.01
+
+
+def test_a_window_of_zero_can_widen_too() -> None:
+    window = FlushWindow(0.0)
+    for _ in range(5):
+        window.observe(0.05)
+    assert window.seconds > 0
