@@ -230,7 +230,7 @@ class Reader:
         return True
 
     def write_live(self) -> None:
-        """Write the stale tokens gathered this turn in one frame, or leave them to the task."""
+        """Write the stale tokens gathered in the window as one frame, or leave them to the task."""
         if not self._texts:
             return
         if not self._socket_free():

@@ -84,16 +84,11 @@ class Tally:
                 sample.ttft_ms.append((at_ns - self.started_ns) / 1e6)
                 self.first_token = False
                 self.origin_ns = data.ts - (last - count + 1) * self.interval_ns
+            sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
             due = self.origin_ns - at_ns
-            if count == 1:  # the usual frame: no list or generator for one value
-                sample.delivery_ms.append((at_ns - data.ts) / 1e6)
-                sample.lag_ms.append(-(due + last * self.interval_ns) / 1e6)
-            else:
-                sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
-                sample.lag_ms.extend(
-                    -(due + seq * self.interval_ns) / 1e6
-                    for seq in range(last - count + 1, last + 1)
-                )
+            sample.lag_ms.extend(
+                -(due + seq * self.interval_ns) / 1e6 for seq in range(last - count + 1, last + 1)
+            )
             sample.tokens += count
         elif event.type == "error":
             error: Any = event.json()
