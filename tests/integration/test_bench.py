@@ -69,3 +69,40 @@ def test_bench_upstream_compares_the_direct_route_with_sluice(tmp_path: Path) ->
     for route in ("direct", "sluice"):
         assert figures[f"{route}_token_latency_ms"]["n"] == 20  # type: ignore[index]
         assert figures[f"{route}_ttft_ms"]["n"] == 2  # type: ignore[index]
+
+
+CAPACITY_RUN = ("--tokens", "150", "--tokens-per-s", "100", "--ramp-s", "0", "--step", "2")
+
+
+@pytest.mark.slow
+def test_bench_capacity_finds_the_most_streams_within_the_bound(tmp_path: Path) -> None:
+    figures = bench(
+        tmp_path,
+        "capacity",
+        "--floor",
+        "--low",
+        "2",
+        "--high",
+        "6",
+        "--p99-ms",
+        "10000",
+        *CAPACITY_RUN,
+    )
+    assert figures["target"] == "floor" and figures["capacity_streams"] == 6
+    trials = figures["trials"]
+    assert isinstance(trials, list) and [t["streams"] for t in trials] == [2, 6]
+    for trial in trials:
+        assert trial["within"] and trial["errors"] == {}
+        assert trial["tokens_delivered"] == trial["streams"] * 150
+        assert trial["steady_lag_ms"]["n"] > 0  # 0.5 s of the 1.5 s run is steady state
+        assert trial["steady_machine_busy"] > 0
+
+
+@pytest.mark.slow
+def test_bench_capacity_says_when_not_even_the_fewest_streams_are_within(tmp_path: Path) -> None:
+    figures = bench(tmp_path, "capacity", "--low", "2", "--high", "6", "--p99-ms=-1", *CAPACITY_RUN)
+    assert figures["target"] == "suite" and figures["capacity_streams"] == 0
+    trials = figures["trials"]
+    assert isinstance(trials, list) and len(trials) == 1
+    assert trials[0]["streams"] == 2 and not trials[0]["within"]
+    assert trials[0]["tokens_delivered"] == 300 and trials[0]["errors"] == {}

@@ -98,13 +98,16 @@ def _server(port: int, tokens: int, tokens_per_s: float, ready: EventType) -> No
     asyncio.run(_serve(port, tokens, tokens_per_s, ready))
 
 
-async def _read(url: str, count: int, ramp_s: float, tokens_per_s: float) -> latency.Sample:
+async def _read(
+    url: str, count: int, ramp_s: float, tokens_per_s: float, steady: latency.Window
+) -> latency.Sample:
     sample = latency.Sample()
 
     async def one(index: int) -> None:
         await asyncio.sleep(ramp_s * index / max(1, count))
+        tally = latency.Tally(sample, time.time_ns(), tokens_per_s, steady)
         try:
-            await follow(url, latency.Tally(sample, time.time_ns(), tokens_per_s).on_event)
+            await follow(url, tally.on_event)
         except Exception as exc:
             sample.errors[error_label(exc)] += 1
 
@@ -112,10 +115,12 @@ async def _read(url: str, count: int, ramp_s: float, tokens_per_s: float) -> lat
     return sample
 
 
-def _client(url: str, count: int, ramp_s: float, tokens_per_s: float) -> latency.Sample:
+def _client(
+    url: str, count: int, ramp_s: float, tokens_per_s: float, steady: latency.Window
+) -> latency.Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(_read(url, count, ramp_s, tokens_per_s))
+    sample = asyncio.run(_read(url, count, ramp_s, tokens_per_s, steady))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -135,8 +140,11 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
         for i in range(args.workers)
     ]
     server_cpu, started = cpu_s(server.pid), time.monotonic()
+    steady = latency.SteadyState(args.ramp_s, 0.0, args.tokens / args.tokens_per_s)
     with context.Pool(args.workers) as pool:
-        samples = pool.starmap(_client, [(url, n, args.ramp_s, args.tokens_per_s) for n in shares])
+        samples = pool.starmap(
+            _client, [(url, n, args.ramp_s, args.tokens_per_s, steady.window) for n in shares]
+        )
     elapsed = time.monotonic() - started
     cpu = {"server": (cpu_s(server.pid) - server_cpu) / elapsed}
     server.terminate()
@@ -148,7 +156,10 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
         "mode": "floor",
         "streams": args.streams,
         "tokens_per_s_each": args.tokens_per_s,
+        "tokens_each": args.tokens,
         "delivery_ms": summary(total.delivery_ms),
+        "schedule_lag_ms": summary(total.lag_ms),
+        **steady.figures(total),
         "tokens_delivered": total.tokens,
         "delivered_tokens_per_s": total.tokens / elapsed,
         "cpu": cpu,
@@ -159,6 +170,8 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
         f"{args.tokens_per_s:g}/s, {args.workers} client process(es), no sluice",
         [
             line("per-token delivery latency", total.delivery_ms),
+            line("per-token lag behind the schedule", total.lag_ms),
+            *steady.lines(total),
             f"  tokens delivered {total.tokens}/{args.streams * args.tokens} in {elapsed:.1f}s"
             f" = {result['delivered_tokens_per_s']:.0f} tokens/s; errors "
             f"{dict(total.errors) or 'none'}",

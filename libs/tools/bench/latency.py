@@ -6,6 +6,11 @@ Schedule lag is the receive time minus when the simulated model was due to produ
 token (the first token's stamp plus i / tokens-per-s): it also counts a runner that
 falls behind its own model, which the emit stamp hides.
 The client may run in several processes so that it is not the bottleneck it measures.
+
+Percentiles over a whole run mix the ramp (streams still opening, each costing the
+suite far more than a token) with the steady state the throughput targets are about,
+so lag is also reported over the tokens due while every stream was running, with how
+busy the whole machine was over that window.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ from libs.common.process import prepare_process
 from libs.common.sse import Event, token_data
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, error_label, line, summary
-from libs.tools.bench.usage import own_cpu_s
+from libs.tools.bench.usage import MachineBusy, own_cpu_s
 from libs.tools.client import SluiceClient
 
 
@@ -34,6 +40,7 @@ class Sample:
     status_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
     lag_ms: list[float] = field(default_factory=list)
+    steady_lag_ms: list[float] = field(default_factory=list)
     tokens: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     client_cpu_s: float = 0.0
@@ -43,6 +50,7 @@ class Sample:
         self.status_ms += other.status_ms
         self.delivery_ms += other.delivery_ms
         self.lag_ms += other.lag_ms
+        self.steady_lag_ms += other.steady_lag_ms
         self.tokens += other.tokens
         self.errors.update(other.errors)
         self.client_cpu_s += other.client_cpu_s
@@ -61,13 +69,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="client processes")
 
 
+Window = tuple[int, int]
+NO_WINDOW: Window = (0, 0)
+SETTLE_S = 1.0  # after the last stream's first token, before the steady state counts
+
+
+def steady_window(started_ns: int, ramp_s: float, first_token_s: float, run_s: float) -> Window:
+    """Wall-clock ns when tokens fall due with every stream running: the last stream's
+    first token (plus a settling second) to the first stream's last."""
+    return (
+        started_ns + int((ramp_s + first_token_s + SETTLE_S) * 1e9),
+        started_ns + int((first_token_s + run_s) * 1e9),
+    )
+
+
+class SteadyState:
+    """A run's steady window, starting now, and how busy the machine is over it."""
+
+    def __init__(self, ramp_s: float, first_token_s: float, run_s: float) -> None:
+        self.window = steady_window(time.time_ns(), ramp_s, first_token_s, run_s)
+        self._busy = MachineBusy(*self.window)
+        self._busy.start()
+
+    def figures(self, sample: Sample) -> dict[str, Any]:
+        self._busy.join(timeout=SETTLE_S)  # the window closed before the run's last token
+        return {
+            "steady_lag_ms": summary(sample.steady_lag_ms),
+            "steady_machine_busy": self._busy.share,
+            "steady_machine_stolen": self._busy.stolen,
+            "machine_cores": os.cpu_count(),
+        }
+
+    def lines(self, sample: Sample) -> list[str]:
+        busy, stolen = self._busy.share, self._busy.stolen
+        seconds = max(0.0, (self.window[1] - self.window[0]) / 1e9)
+        load = "?" if busy is None else f"{100 * busy:.0f}% busy, {100 * (stolen or 0):.0f}% stolen"
+        return [
+            line("  the same, every stream running", sample.steady_lag_ms),
+            f"    (tokens due over {seconds:.1f}s; the machine: {load} of "
+            f"{100 * (os.cpu_count() or 1)}%)",
+        ]
+
+
 class Tally:
     """One stream's events into the run's sample, as they arrive."""
 
-    def __init__(self, sample: Sample, started_ns: int, tokens_per_s: float) -> None:
+    def __init__(
+        self, sample: Sample, started_ns: int, tokens_per_s: float, steady: Window = NO_WINDOW
+    ) -> None:
         self.sample = sample
         self.started_ns = started_ns
         self.interval_ns = 1e9 / tokens_per_s
+        self.steady_from, self.steady_until = steady
         self.first_event = True
         self.first_token = True
         self.origin_ns = 0.0  # when token 0 was due, from the first token's stamp
@@ -85,10 +138,12 @@ class Tally:
                 self.first_token = False
                 self.origin_ns = data.ts - (last - count + 1) * self.interval_ns
             sample.delivery_ms.extend([(at_ns - data.ts) / 1e6] * count)
-            due = self.origin_ns - at_ns
-            sample.lag_ms.extend(
-                -(due + seq * self.interval_ns) / 1e6 for seq in range(last - count + 1, last + 1)
-            )
+            first_due = self.origin_ns + (last - count + 1) * self.interval_ns
+            late_ms, step_ms = (at_ns - first_due) / 1e6, self.interval_ns / 1e6
+            lags = [late_ms - i * step_ms for i in range(count)]
+            sample.lag_ms += lags
+            if self.steady_from <= first_due < self.steady_until:
+                sample.steady_lag_ms += lags
             sample.tokens += count
         elif event.type == "error":
             error: Any = event.json()
@@ -96,10 +151,10 @@ class Tally:
 
 
 async def one_stream(
-    client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample
+    client: SluiceClient, body: dict[str, Any], delay_s: float, sample: Sample, steady: Window
 ) -> None:
     await asyncio.sleep(delay_s)
-    tally = Tally(sample, time.time_ns(), body["sim"]["tokens_per_s"])
+    tally = Tally(sample, time.time_ns(), body["sim"]["tokens_per_s"], steady)
     try:
         created = await client.create(**body)
         await follow(created["events_url"], tally.on_event)
@@ -108,7 +163,7 @@ async def one_stream(
 
 
 async def run_streams(
-    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int
+    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int, steady: Window
 ) -> Sample:
     sample = Sample()
     connector = aiohttp.TCPConnector(limit=0)
@@ -121,6 +176,7 @@ async def run_streams(
                     {**body, "prompt": f"bench {offset + i}"},
                     ramp_s * i / max(1, count),
                     sample,
+                    steady,
                 )
                 for i in range(count)
             )
@@ -128,10 +184,12 @@ async def run_streams(
     return sample
 
 
-def _worker(gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int) -> Sample:
+def _worker(
+    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int, steady: Window
+) -> Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset))
+    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset, steady))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -147,13 +205,17 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
     ]
     offsets = [sum(shares[:i]) for i in range(args.workers)]
     started = time.monotonic()
+    steady = SteadyState(args.ramp_s, args.ttft_ms / 1000, args.tokens / args.tokens_per_s)
     if args.workers == 1:
-        samples = [_worker(gateway, shares[0], body, args.ramp_s, 0)]
+        samples = [_worker(gateway, shares[0], body, args.ramp_s, 0, steady.window)]
     else:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             samples = pool.starmap(
                 _worker,
-                [(gateway, n, body, args.ramp_s, o) for n, o in zip(shares, offsets, strict=True)],
+                [
+                    (gateway, n, body, args.ramp_s, o, steady.window)
+                    for n, o in zip(shares, offsets, strict=True)
+                ],
             )
     elapsed = time.monotonic() - started
     total = Sample()
@@ -169,6 +231,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         "client_ttft_ms": summary(total.ttft_ms),
         "delivery_ms": summary(total.delivery_ms),
         "schedule_lag_ms": summary(total.lag_ms),
+        **steady.figures(total),
         "tokens_delivered": total.tokens,
         "tokens_expected": args.streams * args.tokens,
         "delivered_tokens_per_s": total.tokens / elapsed if elapsed else 0.0,
@@ -184,6 +247,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
             line("time to first token (client)", total.ttft_ms),
             line("per-token delivery latency", total.delivery_ms),
             line("per-token lag behind the model", total.lag_ms),
+            *steady.lines(total),
             f"  tokens delivered {total.tokens}/{args.streams * args.tokens} "
             f"in {elapsed:.1f}s = {result['delivered_tokens_per_s']:.0f} tokens/s; errors {dict(total.errors) or 'none'}",
             f"  client processes: {100 * result['client_cpu']:.0f}% of one core",

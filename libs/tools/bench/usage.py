@@ -8,6 +8,7 @@ where a figure's limit comes from.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,3 +53,38 @@ def format_shares(shares: dict[str, float]) -> str:
     ordered = sorted(shares.items(), key=lambda item: -item[1])
     parts = ", ".join(f"{name} {100 * share:.0f}%" for name, share in ordered)
     return f"{parts}; total {100 * sum(shares.values()):.0f}% of one core"
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds every core together has spent busy since boot, and those the host
+    stole (a virtual machine's cores waiting for real ones), from ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq) / TICKS_PER_S, steal / TICKS_PER_S
+
+
+class MachineBusy(threading.Thread):
+    """How busy the whole machine is between two wall-clock instants (ns), as a share of
+    one core: the suite, the clients, the kernel's network work and anything else; and
+    how much the host stole, which says how noisy the figures are.
+
+    A thread, so the run it watches never stops to look; ``share`` stays None if the
+    window has not closed by the time it is asked for.
+    """
+
+    def __init__(self, from_ns: int, until_ns: int) -> None:
+        super().__init__(daemon=True)
+        self.from_ns, self.until_ns = from_ns, until_ns
+        self.share: float | None = None
+        self.stolen: float | None = None
+
+    def run(self) -> None:
+        time.sleep(max(0.0, (self.from_ns - time.time_ns()) / 1e9))
+        (busy, stolen), started = machine_cpu_s(), time.monotonic()
+        time.sleep(max(0.0, (self.until_ns - time.time_ns()) / 1e9))
+        elapsed = time.monotonic() - started
+        busy_after, stolen_after = machine_cpu_s()
+        if elapsed > 0:
+            self.share = (busy_after - busy) / elapsed
+            self.stolen = (stolen_after - stolen) / elapsed
