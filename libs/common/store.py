@@ -50,6 +50,23 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1], 'started_
 return redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns')
 """
 
+_ADMIT = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+local active = redis.call('SCARD', KEYS[1])
+if active > tonumber(ARGV[2]) then
+  if added == 1 then
+    redis.call('SREM', KEYS[1], ARGV[1])
+    active = active - 1
+  end
+  return {0, active, false}
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local previous = false
+if KEYS[3] then previous = redis.call('SET', KEYS[3], ARGV[1], 'GET', 'EX', ARGV[4]) end
+return {1, active, previous}
+"""
+
 
 class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The ``sluice:meta:<id>`` hash; every field optional so partial writes stay valid."""
@@ -76,6 +93,14 @@ class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_message: str = ""
     tokens_unread: int | None = None
     traceparent: str = ""
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """What admitting did: the tenant's active streams after it; the conversation's last."""
+
+    admitted: bool
+    active: int
+    previous: str | None = None
 
 
 class Feedback(msgspec.Struct, frozen=True):
@@ -111,13 +136,28 @@ class StreamStore:
         self._append = redis.register_script(_APPEND)
         self._finish = redis.register_script(_FINISH)
         self._start = redis.register_script(_START)
+        self._admit = redis.register_script(_ADMIT)
 
-    async def create(self, stream_id: str, meta: StreamMeta) -> None:
-        key = names.meta_key(stream_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=_as_fields(msgspec.to_builtins(meta)))
-            pipe.expire(key, self.ttl_s * 24)
-            await pipe.execute()
+    async def admit(self, stream_id: str, meta: StreamMeta, limit: int) -> Admission:
+        """Take a place among the tenant's ``limit`` active streams, write the meta and
+        make the stream its conversation's current one, in one round trip.
+
+        One script, so a burst cannot slip past the limit between the count and the
+        add, and a refusal changes nothing: no place kept, no meta, no conversation.
+        """
+        keys = [names.tenant_active_key(meta.tenant), names.meta_key(stream_id)]
+        if meta.conversation_id:
+            keys.append(names.conversation_key(meta.tenant, meta.conversation_id))
+        fields = _as_fields(msgspec.to_builtins(meta))
+        pairs = [item for pair in fields.items() for item in pair]
+        admitted, active, previous = await self._admit(
+            keys=keys, args=[stream_id, limit, self.ttl_s * 24, self.ttl_s, *pairs]
+        )
+        return Admission(
+            admitted=bool(admitted),
+            active=int(active),
+            previous=None if previous is None else _text(previous),
+        )
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         raw = await self.redis.hgetall(names.meta_key(stream_id))

@@ -27,7 +27,7 @@ from libs.common import metrics, names, tracing
 from libs.common.control import end_stream, request_cancel
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
-from libs.common.store import StreamMeta, StreamStore
+from libs.common.store import Admission, StreamMeta, StreamStore
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Accepted,
@@ -107,28 +107,34 @@ class Coordinator:
         self._spawn(tracing.traced(self._admit(msg, submit), "admit", submit.id, context))
 
     async def _admit(self, msg: Msg, submit: Submit) -> None:
-        try:
-            verdict = await self._verdict(submit)
-        except TRANSIENT as exc:
-            message = f"the stream store is unreachable ({exc!r}); retry shortly"
-            verdict = Rejected(type="unavailable", message=message, retry_after_s=1)
-        if verdict is not None:
-            metrics.coordinator_rejections.add(1, {"reason": verdict.type})
-            await msg.respond(submit_reply_codec.encode(verdict))
-            return
+        """Admit a submission unless the queue is full or its tenant over its limit.
+
+        The queue is checked and the place in ``waiting`` reserved with no await
+        between, and the tenant's place is taken and counted in one script, so a burst
+        of submissions cannot slip past either bound. The reservation counts toward the
+        backlog at once but is not ``ready`` (so never placed) before its meta exists.
+        """
         backlog = self._backlog()
+        if backlog >= self.settings.queue_max:
+            await self._refuse(msg, self._overloaded(backlog))
+            return
         self.waiting[submit.id] = Waiting(
             submit, time.monotonic(), traceparent=tracing.traceparent()
         )
         try:
-            previous = await self._record(submit)
+            admission = await self._record(submit)
         except Exception:
             self.waiting.pop(submit.id, None)
             raise
+        if isinstance(admission, Rejected):
+            self.waiting.pop(submit.id, None)
+            await self._refuse(msg, admission)
+            return
         metrics.streams_submitted.add(1, {"model": submit.model})
         position = backlog + 1 if backlog >= 0 else None
         await msg.respond(submit_reply_codec.encode(Accepted(status="queued", position=position)))
-        if previous and previous != submit.id:
+        previous = admission.previous
+        if submit.supersede and previous and previous != submit.id:
             await request_cancel(self._nc, self._store, previous, "superseded")
         if submit.debounce_ms:
             await asyncio.sleep(submit.debounce_ms / 1000)
@@ -138,35 +144,16 @@ class Coordinator:
             metrics.coordinator_queue_depth.add(1)
             self._pump()
 
-    async def _verdict(self, submit: Submit) -> Rejected | None:
-        """Refuse what cannot be served: tenant over its limit, or the queue full.
+    async def _refuse(self, msg: Msg, verdict: Rejected) -> None:
+        metrics.coordinator_rejections.add(1, {"reason": verdict.type})
+        await msg.respond(submit_reply_codec.encode(verdict))
 
-        The tenant's place is taken first and counted after (one transaction), and the
-        queue is checked with no await between the check and joining ``waiting``, so a
-        burst of submissions cannot slip past either bound.
-        """
-        key = names.tenant_active_key(submit.tenant)
-        async with self._store.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, submit.id)
-            pipe.scard(key)
-            _, active = await pipe.execute()
-        limit = self.settings.tenant_max_streams
-        if active > limit:
-            await self._store.redis.srem(key, submit.id)
-            return Rejected(
-                type="rate_limited",
-                message=f"tenant has {active - 1} active streams (limit {limit})",
-                retry_after_s=1,
-            )
-        backlog = self._backlog()
-        if backlog >= self.settings.queue_max:
-            await self._store.redis.srem(key, submit.id)
-            return Rejected(
-                type="overloaded",
-                message=f"all runners busy and {backlog} streams queued",
-                retry_after_s=max(1.0, backlog / max(1, self._total_slots())),
-            )
-        return None
+    def _overloaded(self, backlog: int) -> Rejected:
+        return Rejected(
+            type="overloaded",
+            message=f"all runners busy and {backlog} streams queued",
+            retry_after_s=max(1.0, backlog / max(1, self._total_slots())),
+        )
 
     def _backlog(self) -> int:
         """Admitted streams that no free slot can take now: the queue, burst included."""
@@ -175,8 +162,11 @@ class Coordinator:
     def _total_slots(self) -> int:
         return sum(r.slots_total for r in self.registry.runners.values())
 
-    async def _record(self, submit: Submit) -> str | None:
-        """Write the stream's meta and swap it in as its conversation's current stream."""
+    async def _record(self, submit: Submit) -> Admission | Rejected:
+        """Take the tenant's place, write the meta and swap the conversation: one round trip.
+
+        Redis unreachable is a refusal the client can retry, not a stream left unanswered.
+        """
         meta = StreamMeta(
             status="queued",
             tenant=submit.tenant,
@@ -186,14 +176,19 @@ class Coordinator:
             abandon_after_s=submit.abandon_after_s,
             traceparent=tracing.traceparent(),
         )
-        await self._store.create(submit.id, meta)
-        if not submit.conversation_id:
-            return None
-        key = names.conversation_key(submit.tenant, submit.conversation_id)
-        previous = await self._store.redis.set(key, submit.id, get=True, ex=self.settings.log_ttl_s)
-        if not isinstance(previous, bytes) or not submit.supersede:
-            return None
-        return previous.decode()
+        limit = self.settings.tenant_max_streams
+        try:
+            admission = await self._store.admit(submit.id, meta, limit)
+        except TRANSIENT as exc:
+            message = f"the stream store is unreachable ({exc!r}); retry shortly"
+            return Rejected(type="unavailable", message=message, retry_after_s=1)
+        if not admission.admitted:
+            return Rejected(
+                type="rate_limited",
+                message=f"tenant has {admission.active} active streams (limit {limit})",
+                retry_after_s=1,
+            )
+        return admission
 
     def _pump(self) -> None:
         """Place ready streams, oldest first, while some runner has room."""

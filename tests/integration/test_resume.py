@@ -211,7 +211,8 @@ async def test_maxlen_caps_the_log_and_resume_before_the_kept_tail_answers_expir
     """A log capped by MAXLEN keeps its tail; a resume from before it is told, not skipped."""
     store = StreamStore(redis, ttl_s=60, maxlen=100)
     stream_id = "st_" + os.urandom(16).hex()
-    await store.create(stream_id, StreamMeta(status="running", tenant="anonymous", model="sim"))
+    meta = StreamMeta(status="running", tenant="anonymous", model="sim")
+    await store.admit(stream_id, meta, limit=10**6)
     batches = [TokenBatch(first=seq, texts=[f" t{seq}"], ts=0) for seq in range(1, 1001)]
     for start in range(0, len(batches), 50):
         chunk = batches[start : start + 50]

@@ -1,4 +1,5 @@
-"""The Redis side of a stream against a real Redis: once-only ends and starts, idempotent appends."""
+"""The Redis side of a stream against a real Redis: atomic admission, once-only ends and
+starts, idempotent appends."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from libs.common import names
 from libs.common.auth import new_stream_id
-from libs.common.store import StreamMeta, StreamStore
+from libs.common.store import Admission, StreamMeta, StreamStore
 from libs.common.wire import Done, Failed, TokenBatch, tokens_codec
 
 
@@ -26,7 +28,7 @@ def batch(first: int, count: int) -> tuple[TokenBatch, bytes]:
 
 async def new_stream(store: StreamStore) -> str:
     stream_id = new_stream_id()
-    await store.create(stream_id, StreamMeta(status="queued", tenant="t", model="sim"))
+    await store.admit(stream_id, StreamMeta(status="queued", tenant="t", model="sim"), limit=10**6)
     return stream_id
 
 
@@ -79,3 +81,37 @@ async def test_a_start_after_the_end_or_with_a_recorded_cancel(store: StreamStor
     cancelled = await new_stream(store)
     await store.update(cancelled, cancel_requested_ns=42, cancel_reason="superseded")
     assert await store.mark_running(cancelled, "runner-a") == ("superseded", 42)
+
+
+def queued(tenant: str, conversation_id: str = "") -> StreamMeta:
+    return StreamMeta(tenant=tenant, model="sim", conversation_id=conversation_id, created_ns=7)
+
+
+async def test_admitting_under_the_limit_writes_meta_and_takes_a_place(store: StreamStore) -> None:
+    tenant, stream_id = new_stream_id(), new_stream_id()
+    admission = await store.admit(stream_id, queued(tenant), limit=2)
+    assert admission == Admission(admitted=True, active=1, previous=None)
+    assert await store.meta(stream_id) == queued(tenant)
+    assert 60 * 23 < await store.redis.ttl(names.meta_key(stream_id)) <= 60 * 24
+    assert await store.redis.smembers(names.tenant_active_key(tenant)) == {stream_id.encode()}
+    assert not [key async for key in store.redis.scan_iter(f"sluice:conv:{tenant}:*")]
+
+
+async def test_a_refusal_at_the_limit_changes_nothing(store: StreamStore) -> None:
+    tenant, held, refused = new_stream_id(), new_stream_id(), new_stream_id()
+    assert (await store.admit(held, queued(tenant, "c"), limit=1)).admitted
+    admission = await store.admit(refused, queued(tenant, "c"), limit=1)
+    assert admission == Admission(admitted=False, active=1, previous=None)
+    assert await store.redis.smembers(names.tenant_active_key(tenant)) == {held.encode()}
+    assert not await store.redis.exists(names.meta_key(refused))
+    assert await store.redis.get(names.conversation_key(tenant, "c")) == held.encode()
+
+
+async def test_admitting_swaps_the_conversations_stream(store: StreamStore) -> None:
+    tenant, first, second = new_stream_id(), new_stream_id(), new_stream_id()
+    assert (await store.admit(first, queued(tenant, "c"), limit=5)).previous is None
+    admission = await store.admit(second, queued(tenant, "c"), limit=5)
+    assert admission == Admission(admitted=True, active=2, previous=first)
+    key = names.conversation_key(tenant, "c")
+    assert await store.redis.get(key) == second.encode()
+    assert 0 < await store.redis.ttl(key) <= 60
