@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     log_ttl_s: Count = 3_600
     log_maxlen: Count = 1_000_000
+    feedback_maxlen: Count = 100_000
 
     runner_id: str = ""
     runner_slots: Count = 256

@@ -234,5 +234,7 @@ class StreamStore:
     async def log_exists(self, stream_id: str) -> bool:
         return bool(await self.redis.exists(names.log_key(stream_id)))
 
-    async def record_feedback(self, feedback: Feedback) -> None:
-        await self.redis.xadd(names.FEEDBACK_STREAM, _as_fields(msgspec.to_builtins(feedback)))
+    async def record_feedback(self, feedback: Feedback, maxlen: int) -> None:
+        """Append to the one feedback stream, trimmed (roughly, so cheaply) to ``maxlen``."""
+        fields = _as_fields(msgspec.to_builtins(feedback))
+        await self.redis.xadd(names.FEEDBACK_STREAM, fields, maxlen=maxlen, approximate=True)

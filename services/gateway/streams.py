@@ -75,7 +75,7 @@ class Streams:
         """Keep a client's rating of a stream, durably, beside the streams themselves."""
         await self.meta(tenant, stream_id)
         feedback = Feedback(tenant, stream_id, rating, comment, ts=time.time_ns())
-        await self.store.record_feedback(feedback)
+        await self.store.record_feedback(feedback, self.settings.feedback_maxlen)
 
     async def pace(self, tenant: str, stream_id: str, max_events_per_s: float) -> None:
         """Cap the frames per second of the stream's readers, on whichever streamers hold them."""

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from libs.common import names
 from libs.common.auth import new_stream_id
-from libs.common.store import Admission, StreamMeta, StreamStore
+from libs.common.store import Admission, Feedback, StreamMeta, StreamStore
 from libs.common.wire import Done, Failed, TokenBatch, tokens_codec
 
 
@@ -115,3 +115,15 @@ async def test_admitting_swaps_the_conversations_stream(store: StreamStore) -> N
     key = names.conversation_key(tenant, "c")
     assert await store.redis.get(key) == second.encode()
     assert 0 < await store.redis.ttl(key) <= 60
+
+
+async def test_the_feedback_stream_is_capped(store: StreamStore) -> None:
+    """Ratings are trimmed as they come (roughly: Redis trims whole nodes of 100 entries)."""
+    await store.redis.delete(names.FEEDBACK_STREAM)
+    for rating in range(1_000):
+        feedback = Feedback("t", "st_x", rating % 2, "", ts=rating)
+        await store.record_feedback(feedback, maxlen=50)
+    length = await store.redis.xlen(names.FEEDBACK_STREAM)
+    assert 50 <= length <= 150
+    ((_, last),) = await store.redis.xrevrange(names.FEEDBACK_STREAM, count=1)
+    assert last[b"ts"] == b"999"  # the newest are kept
