@@ -7,7 +7,7 @@ import os
 import time
 
 from libs.common import sse
-from libs.tools.bench.latency import SETTLE_S, Sample, Tally, steady_window
+from libs.tools.bench.latency import SETTLE_S, Sample, Tally, steady_window, wait_until
 from libs.tools.bench.usage import MachineBusy
 
 MS = 1_000_000
@@ -55,6 +55,11 @@ def test_the_steady_window_runs_from_the_last_first_token_to_the_first_last_one(
     window = steady_window(started_ns=10 * 10**9, ramp_s=5, first_token_s=0.05, run_s=20)
     assert window == (int(16.05 * 10**9), int(30.05 * 10**9))
     assert SETTLE_S == 1.0  # the second after the ramp that the window leaves out
+
+
+def test_every_client_process_waits_for_the_same_instant() -> None:
+    assert wait_until(time.time_ns() - 10**9) == 0.0  # already past: start now
+    assert 0.9 < wait_until(time.time_ns() + 10**9) <= 1.0
 
 
 def test_machine_busy_sees_a_spinning_thread_over_its_window() -> None:

@@ -231,6 +231,7 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         None,
     )
     if args.streams:
-        result["throughput"] = latency.run(args, gateway)
+        throughput = argparse.Namespace(**{**vars(args), "json": None})  # written once, below
+        result["throughput"] = latency.run(throughput, gateway)
     emit("connections: done", [], result, args.json)
     return result

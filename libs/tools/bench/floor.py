@@ -99,12 +99,13 @@ def _server(port: int, tokens: int, tokens_per_s: float, ready: EventType) -> No
 
 
 async def _read(
-    url: str, count: int, ramp_s: float, tokens_per_s: float, steady: latency.Window
+    url: str, count: int, ramp_s: float, tokens_per_s: float, begin_ns: int, steady: latency.Window
 ) -> latency.Sample:
     sample = latency.Sample()
+    lead_s = latency.wait_until(begin_ns)
 
     async def one(index: int) -> None:
-        await asyncio.sleep(ramp_s * index / max(1, count))
+        await asyncio.sleep(lead_s + ramp_s * index / max(1, count))
         tally = latency.Tally(sample, time.time_ns(), tokens_per_s, steady)
         try:
             await follow(url, tally.on_event)
@@ -116,11 +117,11 @@ async def _read(
 
 
 def _client(
-    url: str, count: int, ramp_s: float, tokens_per_s: float, steady: latency.Window
+    url: str, count: int, ramp_s: float, tokens_per_s: float, begin_ns: int, steady: latency.Window
 ) -> latency.Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(_read(url, count, ramp_s, tokens_per_s, steady))
+    sample = asyncio.run(_read(url, count, ramp_s, tokens_per_s, begin_ns, steady))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -139,13 +140,14 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
         args.streams // args.workers + (i < args.streams % args.workers)
         for i in range(args.workers)
     ]
-    server_cpu, started = cpu_s(server.pid), time.monotonic()
     steady = latency.SteadyState(args.ramp_s, 0.0, args.tokens / args.tokens_per_s)
+    runs = [
+        (url, n, args.ramp_s, args.tokens_per_s, steady.begin_ns, steady.window) for n in shares
+    ]
+    server_cpu = cpu_s(server.pid)
     with context.Pool(args.workers) as pool:
-        samples = pool.starmap(
-            _client, [(url, n, args.ramp_s, args.tokens_per_s, steady.window) for n in shares]
-        )
-    elapsed = time.monotonic() - started
+        samples = pool.starmap(_client, runs)
+    elapsed = steady.elapsed_s()
     cpu = {"server": (cpu_s(server.pid) - server_cpu) / elapsed}
     server.terminate()
     total = latency.Sample()

@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 Window = tuple[int, int]
 NO_WINDOW: Window = (0, 0)
 SETTLE_S = 1.0  # after the last stream's first token, before the steady state counts
+LEAD_S = 2.0  # for the client processes to start and import before the first stream opens
 
 
 def steady_window(started_ns: int, ramp_s: float, first_token_s: float, run_s: float) -> Window:
@@ -83,13 +84,25 @@ def steady_window(started_ns: int, ramp_s: float, first_token_s: float, run_s: f
     )
 
 
+def wait_until(begin_ns: int) -> float:
+    """Seconds from now to ``begin_ns``, the wall-clock instant every client process
+    opens its first stream at, so that the steady window is the same for all of them."""
+    return max(0.0, (begin_ns - time.time_ns()) / 1e9)
+
+
 class SteadyState:
-    """A run's steady window, starting now, and how busy the machine is over it."""
+    """A run's start, :data:`LEAD_S` from now, its steady window, and how busy the
+    machine is over that window."""
 
     def __init__(self, ramp_s: float, first_token_s: float, run_s: float) -> None:
-        self.window = steady_window(time.time_ns(), ramp_s, first_token_s, run_s)
+        self.begin_ns = time.time_ns() + int(LEAD_S * 1e9)
+        self.begin_mono = time.monotonic() + LEAD_S
+        self.window = steady_window(self.begin_ns, ramp_s, first_token_s, run_s)
         self._busy = MachineBusy(*self.window)
         self._busy.start()
+
+    def elapsed_s(self) -> float:
+        return max(0.0, time.monotonic() - self.begin_mono)
 
     def figures(self, sample: Sample) -> dict[str, Any]:
         self._busy.join(timeout=SETTLE_S)  # the window closed before the run's last token
@@ -163,18 +176,25 @@ async def one_stream(
 
 
 async def run_streams(
-    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int, steady: Window
+    gateway: str,
+    count: int,
+    body: dict[str, Any],
+    ramp_s: float,
+    offset: int,
+    begin_ns: int,
+    steady: Window,
 ) -> Sample:
     sample = Sample()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         client = SluiceClient(session, gateway)
+        lead_s = wait_until(begin_ns)
         await asyncio.gather(
             *(
                 one_stream(
                     client,
                     {**body, "prompt": f"bench {offset + i}"},
-                    ramp_s * i / max(1, count),
+                    lead_s + ramp_s * i / max(1, count),
                     sample,
                     steady,
                 )
@@ -185,11 +205,17 @@ async def run_streams(
 
 
 def _worker(
-    gateway: str, count: int, body: dict[str, Any], ramp_s: float, offset: int, steady: Window
+    gateway: str,
+    count: int,
+    body: dict[str, Any],
+    ramp_s: float,
+    offset: int,
+    begin_ns: int,
+    steady: Window,
 ) -> Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset, steady))
+    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset, begin_ns, steady))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -204,20 +230,17 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
         for i in range(args.workers)
     ]
     offsets = [sum(shares[:i]) for i in range(args.workers)]
-    started = time.monotonic()
     steady = SteadyState(args.ramp_s, args.ttft_ms / 1000, args.tokens / args.tokens_per_s)
+    runs = [
+        (gateway, n, body, args.ramp_s, o, steady.begin_ns, steady.window)
+        for n, o in zip(shares, offsets, strict=True)
+    ]
     if args.workers == 1:
-        samples = [_worker(gateway, shares[0], body, args.ramp_s, 0, steady.window)]
+        samples = [_worker(*runs[0])]
     else:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            samples = pool.starmap(
-                _worker,
-                [
-                    (gateway, n, body, args.ramp_s, o, steady.window)
-                    for n, o in zip(shares, offsets, strict=True)
-                ],
-            )
-    elapsed = time.monotonic() - started
+            samples = pool.starmap(_worker, runs)
+    elapsed = steady.elapsed_s()
     total = Sample()
     for sample in samples:
         total.merge(sample)
