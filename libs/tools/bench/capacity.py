@@ -123,10 +123,13 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
 
 
 def _trial_line(trial: dict[str, Any]) -> str:
-    lag, busy = trial["steady_lag_ms"], trial["steady_machine_busy"]
+    lag, busy, stolen = (
+        trial["steady_lag_ms"],
+        trial["steady_machine_busy"],
+        trial["steady_machine_stolen"],
+    )
+    load = "?" if busy is None else f"{100 * busy:.0f}% busy ({100 * (stolen or 0):.0f}% stolen)"
     return (
         f"  {trial['streams']:>6} streams: steady lag p50 {lag['p50']:8.1f}  p99 {lag['p99']:8.1f} ms,"
-        f" machine {100 * (busy or 0):.0f}% busy"
-        f" ({100 * (trial['steady_machine_stolen'] or 0):.0f}% stolen):"
-        f" {'within' if trial['within'] else 'over'}"
+        f" machine {load}: {'within' if trial['within'] else 'over'}"
     )
