@@ -3,11 +3,19 @@ and the steady state: which tokens it counts and how busy the machine was."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
 from libs.common import sse
-from libs.tools.bench.latency import SETTLE_S, Sample, Tally, steady_window, wait_until
+from libs.tools.bench.latency import (
+    SETTLE_S,
+    Sample,
+    SteadyState,
+    Tally,
+    steady_window,
+    wait_until,
+)
 from libs.tools.bench.usage import MachineBusy
 
 MS = 1_000_000
@@ -60,6 +68,14 @@ def test_the_steady_window_runs_from_the_last_first_token_to_the_first_last_one(
 def test_every_client_process_waits_for_the_same_instant() -> None:
     assert wait_until(time.time_ns() - 10**9) == 0.0  # already past: start now
     assert 0.9 < wait_until(time.time_ns() + 10**9) <= 1.0
+
+
+def test_client_processes_take_turns_one_stream_apart() -> None:
+    steady = SteadyState(ramp_s=5, first_token_s=0.05, run_s=20)
+    args = argparse.Namespace(ramp_s=5, streams=1000)  # a stream every 5 ms overall
+    assert steady.begin_of(0, args) == steady.begin_ns
+    assert steady.begin_of(1, args) == steady.begin_ns + 5 * MS
+    assert steady.window == steady_window(steady.begin_ns, 5, 0.05, 20)
 
 
 def test_machine_busy_sees_a_spinning_thread_over_its_window() -> None:

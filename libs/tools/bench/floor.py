@@ -142,7 +142,8 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
     ]
     steady = latency.SteadyState(args.ramp_s, 0.0, args.tokens / args.tokens_per_s)
     runs = [
-        (url, n, args.ramp_s, args.tokens_per_s, steady.begin_ns, steady.window) for n in shares
+        (url, n, args.ramp_s, args.tokens_per_s, steady.begin_of(k, args), steady.window)
+        for k, n in enumerate(shares)
     ]
     server_cpu = cpu_s(server.pid)
     with context.Pool(args.workers) as pool:

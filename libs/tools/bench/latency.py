@@ -101,6 +101,11 @@ class SteadyState:
         self._busy = MachineBusy(*self.window)
         self._busy.start()
 
+    def begin_of(self, worker: int, args: argparse.Namespace) -> int:
+        """When client process ``worker`` opens its first stream: the processes take turns,
+        one stream apart, so that streams open evenly over the ramp, not in step."""
+        return self.begin_ns + int(worker * args.ramp_s / max(1, args.streams) * 1e9)
+
     def elapsed_s(self) -> float:
         return max(0.0, time.monotonic() - self.begin_mono)
 
@@ -232,8 +237,8 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
     offsets = [sum(shares[:i]) for i in range(args.workers)]
     steady = SteadyState(args.ramp_s, args.ttft_ms / 1000, args.tokens / args.tokens_per_s)
     runs = [
-        (gateway, n, body, args.ramp_s, o, steady.begin_ns, steady.window)
-        for n, o in zip(shares, offsets, strict=True)
+        (gateway, n, body, args.ramp_s, o, steady.begin_of(k, args), steady.window)
+        for k, (n, o) in enumerate(zip(shares, offsets, strict=True))
     ]
     if args.workers == 1:
         samples = [_worker(*runs[0])]
