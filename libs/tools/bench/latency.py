@@ -180,47 +180,44 @@ async def one_stream(
         sample.errors[error_label(exc)] += 1
 
 
-async def run_streams(
-    gateway: str,
-    count: int,
-    body: dict[str, Any],
-    ramp_s: float,
-    offset: int,
-    begin_ns: int,
-    steady: Window,
-) -> Sample:
+@dataclass(frozen=True)
+class ClientRun:
+    """One client process's share of the run: its streams, and when they open."""
+
+    gateway: str
+    count: int
+    body: dict[str, Any]
+    ramp_s: float
+    offset: int  # the first stream's number across all client processes
+    begin_ns: int
+    steady: Window
+
+
+async def run_streams(run: ClientRun) -> Sample:
     sample = Sample()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        client = SluiceClient(session, gateway)
-        lead_s = wait_until(begin_ns)
+        client = SluiceClient(session, run.gateway)
+        lead_s = wait_until(run.begin_ns)
         await asyncio.gather(
             *(
                 one_stream(
                     client,
-                    {**body, "prompt": f"bench {offset + i}"},
-                    lead_s + ramp_s * i / max(1, count),
+                    {**run.body, "prompt": f"bench {run.offset + i}"},
+                    lead_s + run.ramp_s * i / max(1, run.count),
                     sample,
-                    steady,
+                    run.steady,
                 )
-                for i in range(count)
+                for i in range(run.count)
             )
         )
     return sample
 
 
-def _worker(
-    gateway: str,
-    count: int,
-    body: dict[str, Any],
-    ramp_s: float,
-    offset: int,
-    begin_ns: int,
-    steady: Window,
-) -> Sample:
+def _worker(run: ClientRun) -> Sample:
     prepare_process()
     started = own_cpu_s()
-    sample = asyncio.run(run_streams(gateway, count, body, ramp_s, offset, begin_ns, steady))
+    sample = asyncio.run(run_streams(run))
     sample.client_cpu_s = own_cpu_s() - started
     return sample
 
@@ -237,14 +234,14 @@ def run(args: argparse.Namespace, gateway: str) -> dict[str, Any]:
     offsets = [sum(shares[:i]) for i in range(args.workers)]
     steady = SteadyState(args.ramp_s, args.ttft_ms / 1000, args.tokens / args.tokens_per_s)
     runs = [
-        (gateway, n, body, args.ramp_s, o, steady.begin_of(k, args), steady.window)
+        ClientRun(gateway, n, body, args.ramp_s, o, steady.begin_of(k, args), steady.window)
         for k, (n, o) in enumerate(zip(shares, offsets, strict=True))
     ]
     if args.workers == 1:
-        samples = [_worker(*runs[0])]
+        samples = [_worker(runs[0])]
     else:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            samples = pool.starmap(_worker, runs)
+            samples = pool.map(_worker, runs)
     elapsed = steady.elapsed_s()
     total = Sample()
     for sample in samples:
