@@ -13,6 +13,11 @@ import re
 import msgspec
 
 RETRY = b"retry: 1000\n\n"
+RESPONSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 

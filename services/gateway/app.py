@@ -12,7 +12,7 @@ from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from services.gateway import dashboard
-from services.gateway.control import HARD_FRAME_BYTES, ControlSession
+from services.gateway.control_socket import HARD_FRAME_BYTES, ControlSession
 from services.gateway.streams import Streams
 
 STREAMS = web.AppKey("streams", Streams)

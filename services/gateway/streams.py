@@ -9,14 +9,12 @@ from nats.aio.client import Client as NATS
 from libs.common import names
 from libs.common.api import CreatedStream, ErrorBody, StreamInfo, StreamRequest
 from libs.common.auth import is_stream_id, mint_read_token
-from libs.common.control import request_cancel
 from libs.common.errors import NotFound
 from libs.common.settings import Settings
 from libs.common.store import Feedback, StreamMeta, StreamStore
-from libs.common.submit import build_submit, submit
+from libs.common.stream_end import request_cancel
+from libs.common.submit import NATIVE_ABANDON_S, build_submit, submit
 from libs.common.wire import Pace, Submit, control_codec
-
-DEFAULT_ABANDON_S = 30.0
 
 
 class Streams:
@@ -30,7 +28,7 @@ class Streams:
 
     def prepare(self, tenant: str, request: StreamRequest) -> Submit:
         """Validate the request and name the stream, before anyone hears of it."""
-        return build_submit(self.settings, tenant, request, DEFAULT_ABANDON_S)
+        return build_submit(self.settings, tenant, request, NATIVE_ABANDON_S)
 
     async def admit(self, message: Submit) -> CreatedStream:
         """Hand a prepared stream to a coordinator; the answer of POST /v1/streams."""

@@ -17,11 +17,11 @@ from collections import deque
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
-from libs.common.control import end_stream
 from libs.common.errors import SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
+from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
     Failed,
@@ -131,7 +131,7 @@ class Generation:
         await self._finish(self._terminal(stopped_ns))
 
     def push(self, text: str) -> None:
-        """The backend's next token (the :class:`~services.runner.backends.Sink` side)."""
+        """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now

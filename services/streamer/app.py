@@ -20,16 +20,10 @@ from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base
 from libs.common.settings import Settings
 from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import StatusChange
+from services.streamer import chat
 from services.streamer.hub import Hub
-from services.streamer.reader import EXPIRED, Reader
-
-HUB = web.AppKey("hub", Hub)
-STORE = web.AppKey("store", StreamStore)
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+from services.streamer.keys import HUB, STORE
+from services.streamer.reader import EXPIRED, Reader, ReaderLimits
 
 
 def last_event_id(request: web.Request) -> int:
@@ -62,23 +56,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     if hub.reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
     meta = await readable_meta(store, stream_id)
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers=sse.RESPONSE_HEADERS)
     await response.prepare(request)
     if meta is None:
         error = {"type": EXPIRED.type, "message": EXPIRED.message, "retryable": False}
         await response.write(sse.RETRY + sse.json_frame("error", error))
         return response
-    reader = Reader(
-        stream_id,
-        response,
-        request.transport,
-        store,
-        after,
-        buffer_bytes=settings.conn_buffer_bytes,
-        heartbeat_s=settings.heartbeat_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        send_buffer_bytes=settings.conn_sndbuf_bytes,
-    )
+    limits = ReaderLimits.from_settings(settings)
+    reader = Reader(stream_id, response, request.transport, store, after, limits)
     if after:
         metrics.streamer_resumes.add(1)
     context = tracing.parent_of(meta.traceparent)
@@ -120,7 +105,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_tell_readers_to_reconnect)
     app.router.add_get("/v1/streams/{id}/events", events)
-    from services.streamer import chat  # imported here: chat uses this module's app keys
-
     chat.add_routes(app)
     return app

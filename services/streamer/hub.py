@@ -32,7 +32,8 @@ from libs.common.wire import (
     lifecycle_codec,
     tokens_codec,
 )
-from services.streamer.reader import LiveWrites, Reader
+from services.streamer.direct import LiveWrites
+from services.streamer.reader import Reader
 
 log = logging.getLogger(__name__)
 

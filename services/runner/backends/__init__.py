@@ -25,7 +25,7 @@ class Outcome:
     completion_tokens: int | None = None
 
 
-class Sink(Protocol):
+class TokenSink(Protocol):
     """Where a backend delivers a generation's tokens."""
 
     def push(self, text: str) -> None:
@@ -42,14 +42,14 @@ class Sink(Protocol):
 
 
 class Backend(Protocol):
-    async def generate(self, submit: Submit, outcome: Outcome, sink: Sink) -> None:
+    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
         """Push the answer's tokens into ``sink`` in order; set ``outcome`` before returning."""
         ...
 
     async def close(self) -> None: ...
 
 
-async def pump(pieces: AsyncGenerator[str], sink: Sink) -> None:
+async def pump(pieces: AsyncGenerator[str], sink: TokenSink) -> None:
     """Feed a backend's text pieces to ``sink``, pausing the model while the sink is full.
 
     The iterator is closed however this ends, so a cancel closes its upstream at once.

@@ -21,7 +21,7 @@ from libs.common.errors import UpstreamError
 from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
 from libs.common.settings import ModelSpec
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, Sink, pump
+from services.runner.backends import Outcome, TokenSink, pump
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class OpenAIBackend:
         )
         self._session: aiohttp.ClientSession | None = None
 
-    async def generate(self, submit: Submit, outcome: Outcome, sink: Sink) -> None:
+    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
         await pump(self._stream(submit, outcome), sink)
 
     async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[str]:

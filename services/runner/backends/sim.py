@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from libs.common.api import SimParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, Sink
+from services.runner.backends import Outcome, TokenSink
 
 WORDS = [
     "the",
@@ -108,7 +108,7 @@ class _Sequence:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: TokenSink,
         tokens: Iterator[str],
         start: float,
         interval: float,
@@ -128,7 +128,7 @@ class SimBackend:
         self._wake_tick = 0
         self._parked: set[asyncio.Task[None]] = set()
 
-    async def generate(self, submit: Submit, outcome: Outcome, sink: Sink) -> None:
+    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
         params = submit.sim or SimParams()
         count = min(params.tokens, submit.max_tokens)
         outcome.finish_reason = "length" if params.tokens > submit.max_tokens else "stop"
