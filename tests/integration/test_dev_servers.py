@@ -42,7 +42,7 @@ READY_S = 60.0
 
 @contextmanager
 def sluice_dev(workdir: Path, nats_url: str, redis_url: str) -> Iterator[str]:
-    """``sluice dev`` with a bare PATH; yields the gateway's URL once it is ready."""
+    """``sluice dev`` with a bare PATH; yields the gateway's URL once all four are ready."""
     ports = {name: free_port() for name in SERVICES}
     env = {
         **os.environ,
@@ -64,27 +64,27 @@ def sluice_dev(workdir: Path, nats_url: str, redis_url: str) -> Iterator[str]:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-    gateway = f"http://127.0.0.1:{ports['gateway']}"
     try:
-        wait_ready(gateway, process, output)
-        yield gateway
+        for port in ports.values():
+            wait_ready(f"http://127.0.0.1:{port}", process, output)
+        yield f"http://127.0.0.1:{ports['gateway']}"
     finally:
         terminate(process, signal.SIGTERM, 30)
     assert process.returncode == 0, output.read_text()
 
 
-def wait_ready(gateway: str, process: subprocess.Popen[bytes], output: Path) -> None:
+def wait_ready(service: str, process: subprocess.Popen[bytes], output: Path) -> None:
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerError(f"sluice dev exited with {process.returncode}:\n{output.read_text()}")
         try:
-            with urllib.request.urlopen(f"{gateway}/readyz", timeout=1) as answer:
+            with urllib.request.urlopen(f"{service}/readyz", timeout=1) as answer:
                 if answer.status == 200:
                     return
         except OSError:
             time.sleep(0.1)
-    raise ServerError(f"sluice dev not ready within {READY_S}s:\n{output.read_text()}")
+    raise ServerError(f"{service} of sluice dev not ready in {READY_S}s:\n{output.read_text()}")
 
 
 def executable_of(pid: int) -> Path:
