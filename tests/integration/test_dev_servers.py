@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +22,6 @@ import redis.asyncio as aioredis
 from libs.common import names
 from libs.tools.client import SluiceClient
 from libs.tools.servers import (
-    ServerError,
     die_with_parent,
     free_port,
     nats_server,
@@ -34,7 +31,7 @@ from libs.tools.servers import (
     wait_until_free,
     wheel_binary,
 )
-from libs.tools.stack import SERVICES
+from libs.tools.stack import SERVICES, wait_ready
 from tests.integration.helpers import final, read_stream, sim
 
 READY_S = 60.0
@@ -65,26 +62,14 @@ def sluice_dev(workdir: Path, nats_url: str, redis_url: str) -> Iterator[str]:
             preexec_fn=die_with_parent,
         )
     try:
-        for port in ports.values():
-            wait_ready(f"http://127.0.0.1:{port}", process, output)
+        for name, port in ports.items():
+            wait_ready(
+                f"http://127.0.0.1:{port}", process, f"sluice dev's {name} ({output})", READY_S
+            )
         yield f"http://127.0.0.1:{ports['gateway']}"
     finally:
         terminate(process, signal.SIGTERM, 30)
     assert process.returncode == 0, output.read_text()
-
-
-def wait_ready(service: str, process: subprocess.Popen[bytes], output: Path) -> None:
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(f"sluice dev exited with {process.returncode}:\n{output.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{service}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise ServerError(f"{service} of sluice dev not ready in {READY_S}s:\n{output.read_text()}")
 
 
 def executable_of(pid: int) -> Path:
