@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 dev: $(STAMP) ## Start NATS, Redis and the four services on this machine (Ctrl-C stops)
 	$(BIN)/sluice dev
 
-test: check deps ## Format check, lint, types, then every test (unit, integration, deploy)
+test: deps check ## Format check, lint, types, then every test (unit, integration, deploy)
 	$(BIN)/python -m pytest
 
 # The end-to-end tests that matter most, with nothing on PATH but the venv: NATS and
