@@ -102,6 +102,15 @@ class FakeUpstream:
         return script
 
     @staticmethod
+    async def bom_and_cr_lines(writer: asyncio.StreamWriter) -> None:
+        """A byte-order mark, CR-only line endings, a comment: all valid event-stream."""
+        body = (
+            b"\xef\xbb\xbf: hello\r\r" + chunk("one ") + chunk("two") + FINISH + b"data: [DONE]\n\n"
+        )
+        writer.write(body.replace(b"\n", b"\r"))
+        await writer.drain()
+
+    @staticmethod
     async def not_sse(writer: asyncio.StreamWriter) -> None:
         writer.write(chunk("fine ") + b"<html>this is not an event stream</html>\n\n")
         await writer.drain()
@@ -279,6 +288,16 @@ async def test_cancel_closes_the_upstream_connection_at_once(
     assert set(request) == {"model", "messages", "max_tokens", "stream", "stream_options"}
     assert request["model"] == "fake-1" and request["stream_options"] == {"include_usage": True}
     assert request["messages"] == hello("forever") and request["max_tokens"] == 256
+
+
+async def test_any_valid_event_stream_spelling_is_read(
+    client_b: SluiceClient, session: aiohttp.ClientSession, fake: FakeUpstream
+) -> None:
+    fake.answer_with(fake.bom_and_cr_lines)
+    created = await client_b.create(model="fake", messages=hello("cr"))
+    received = await read_stream(session, created["events_url"], timeout_s=15)
+    assert final(received).type == "done", final(received).json()
+    assert text(received) == "one two"
 
 
 async def test_sampling_parameters_reach_the_upstream_as_they_are(
