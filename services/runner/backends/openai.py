@@ -19,6 +19,7 @@ import msgspec
 
 from libs.common.errors import UpstreamError
 from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
+from libs.common.retry import Backoff
 from libs.common.settings import ModelSpec
 from libs.common.sse import SSEParser
 from libs.common.wire import Submit
@@ -27,7 +28,6 @@ from services.runner.backends import Outcome, TokenSink, pump
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-BACKOFF_S = (0.1, 0.5, 1.0)
 MAX_RETRY_AFTER_S = 5.0
 ERROR_BODY_BYTES = 4096
 _encode = msgspec.json.Encoder().encode
@@ -92,7 +92,7 @@ class OpenAIBackend:
 
     async def _open(self, body: bytes, stream_id: str) -> aiohttp.ClientResponse:
         """POST the request, retrying refusals that may pass; the 200 response, ready to read."""
-        attempt = 1
+        attempt, backoff = 1, Backoff(first_s=0.1, cap_s=1.0)
         while True:
             try:
                 return await self._post(body)
@@ -100,7 +100,7 @@ class OpenAIBackend:
                 if refusal.retry_after_s is None or attempt > self._spec.max_retries:
                     tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                     raise UpstreamError(refusal.message + tries) from None
-                delay = refusal.retry_after_s or BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
+                delay = refusal.retry_after_s or backoff.next_s()
                 log.warning(
                     "%s; retry %d of %d in %.2fs",
                     refusal.message,
