@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -66,7 +67,8 @@ class Event(msgspec.Struct, frozen=True):
     last_event_id: str
     retry: int | None = None
 
-    def json(self) -> object:
+    def json(self) -> Any:
+        """The data as JSON, of whatever shape the event type promises."""
         return msgspec.json.decode(self.data)
 
 

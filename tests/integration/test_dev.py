@@ -86,9 +86,10 @@ def children_of(pid: int) -> list[int]:
 def ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
-            return answer.status == 200
+            status: int = answer.status
     except OSError:
         return False
+    return status == 200
 
 
 def cmdline(pid: int) -> str:

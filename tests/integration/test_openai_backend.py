@@ -11,12 +11,13 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from libs.common.sse import SSEParser
 from libs.tools.client import Received, SluiceClient, events
@@ -27,7 +28,7 @@ from tests.integration.helpers import final, read_stream, text, tokens
 
 API_KEY = "key-b"
 MOCK_READ_TIMEOUT_S = 2
-Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+Script = Callable[[asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
 def chunk(content: str) -> bytes:
@@ -201,7 +202,7 @@ class LLMock:
             return list((await response.json())["requests"])
 
 
-def hello(content: str = "hello") -> list[dict[str, str]]:
+def hello(content: str = "hello") -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": content}]
 
 
@@ -234,7 +235,7 @@ async def test_the_sdk_streams_through_sluice_to_llmock(relay_stack: Stack, mock
     ) as sdk:
         stream = await sdk.chat.completions.create(
             model="mock",
-            messages=hello(),  # type: ignore[arg-type]
+            messages=hello(),
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -303,7 +304,7 @@ async def test_any_valid_event_stream_spelling_is_read(
 async def test_sampling_parameters_reach_the_upstream_as_they_are(
     client_b: SluiceClient, session: aiohttp.ClientSession, relay_stack: Stack, fake: FakeUpstream
 ) -> None:
-    sampling = {"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7}
+    sampling: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7}
     fake.answer_with(fake.paced(3, 0.001))
     created = await client_b.create(model="fake", messages=hello("native"), sampling=sampling)
     await read_stream(session, created["events_url"])
@@ -413,10 +414,10 @@ async def test_chat_endpoint_answers_an_upstream_failure_as_openai_errors(
         base_url=f"{relay_stack.streamer}/v1", api_key=API_KEY, max_retries=0
     ) as sdk:
         with pytest.raises(openai.InternalServerError) as unary:
-            await sdk.chat.completions.create(model="mock", messages=hello())  # type: ignore[arg-type]
+            await sdk.chat.completions.create(model="mock", messages=hello())
         stream = await sdk.chat.completions.create(
             model="mock",
-            messages=hello(),  # type: ignore[arg-type]
+            messages=hello(),
             stream=True,
         )
         with pytest.raises(openai.APIError) as streamed:
@@ -455,7 +456,7 @@ async def timed_tokens(
             for event in parser.feed(data):
                 if event.data == "[DONE]":
                     continue
-                choices = event.json()["choices"]  # type: ignore[index]
+                choices = event.json()["choices"]
                 content = choices[0]["delta"].get("content") if choices else None
                 for word in (content or "").split():
                     arrivals[int(word[1:])] = now
