@@ -76,7 +76,7 @@ class Pending:
     closing: bool = False
     ping_due: bool = False
 
-    def any(self) -> bool:
+    def has_work(self) -> bool:
         """Work for the writer task besides a ping."""
         return bool(self.statuses or self.texts or self.behind or self.terminal or self.closing)
 
@@ -275,7 +275,7 @@ class Reader:
     async def _step(self) -> bool:
         """One round of the writer; True once the terminal event is written."""
         pending = self._pending
-        if not pending.any():
+        if not pending.has_work():
             await self._idle()
         self._wake.clear()
         if pending.statuses:
