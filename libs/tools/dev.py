@@ -146,5 +146,5 @@ def _first_dead(children: Sequence[Child]) -> str | None:
     for child in children:
         code = child.process.poll() if child.process is not None else None
         if code is not None:
-            return f"{child.name} exited with code {code} (log {child.log_path})"
+            return f"{child.name} exited with {code}; see {child.log_path}"
     return None

@@ -50,6 +50,13 @@ class Dev:
             time.sleep(0.1)
         pytest.fail(f"sluice dev did not come up in {STARTUP_S:g}s:\n{self.output.read_text()}")
 
+    def wait_until_watching(self) -> None:
+        """Until ``sluice dev`` is past starting: its main thread waits in ``sigwait``."""
+        deadline = time.monotonic() + STARTUP_S
+        wchan = Path(f"/proc/{self.process.pid}/wchan")
+        while "sigtimedwait" not in wchan.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def wait_for_exit(self) -> int:
         try:
             return self.process.wait(STOP_S)
@@ -122,11 +129,13 @@ def test_signals_repeated_while_stopping_do_not_hang_it(dev: Dev) -> None:
 
 
 def test_a_crashed_service_is_named_and_stops_the_rest(dev: Dev) -> None:
+    dev.wait_until_watching()
     runner = dev.child_running("libs.tools.cli runner")
     os.kill(runner, signal.SIGKILL)
     assert dev.wait_for_exit() != 0
     output = dev.output.read_text()
-    assert "runner exited with code -9" in output, output
+    assert "runner exited with -9" in output, output
+    assert "Traceback" not in output, "named by the watch, not by a failed start"
     assert not [pid for pid in dev.children if alive(pid)], "the others were stopped"
 
 
