@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from libs.common import names
+from libs.common import best_effort, names
 from libs.common.api import (
     FINAL_STATUSES,
     AckFrame,
@@ -190,8 +190,7 @@ class ControlSession:
         self._held.pop(stream_id, None)
         subscription = self._watches.pop(stream_id, None)
         if subscription is not None:
-            with suppress(Exception):
-                await subscription.unsubscribe()
+            await best_effort.unsubscribe(subscription, stream_id)
 
     def _reporter(self, stream_id: str) -> Callable[[Msg], Awaitable[None]]:
         async def report(msg: Msg) -> None:

@@ -20,7 +20,7 @@ from libs.common import metrics, names
 from libs.common.errors import SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import MetaFields, StreamStore
 from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
@@ -187,12 +187,12 @@ class Generation:
         )
 
     async def _finish(self, terminal: Done | Failed) -> None:
-        fields: dict[str, object] = {
-            "tokens": self.count,
-            "ttft_ms": getattr(terminal, "ttft_ms", None),
-            "duration_ms": getattr(terminal, "duration_ms", None),
-            "tokens_unread": self.unread,
-        }
+        fields = MetaFields(
+            tokens=self.count,
+            ttft_ms=getattr(terminal, "ttft_ms", None),
+            duration_ms=getattr(terminal, "duration_ms", None),
+            tokens_unread=self.unread,
+        )
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms

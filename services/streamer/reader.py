@@ -15,7 +15,6 @@ native SSE by default, OpenAI chunks for ``/v1/chat/completions``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,14 +23,12 @@ from aiohttp import hdrs, web
 
 from libs.common import metrics
 from libs.common.errors import SlowConsumer
-from libs.common.retry import TRANSIENT
+from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessage
 from services.streamer.direct import FRESH_NS, ClientSocket, LiveWrites
 from services.streamer.frames import NATIVE_FRAMES, Frames
-
-log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
 EXPIRED = Failed(type="expired", message="the stream's log no longer holds these tokens")
@@ -79,7 +76,7 @@ class Pending:
     closing: bool = False
     ping_due: bool = False
 
-    def any(self) -> bool:
+    def has_work(self) -> bool:
         """Work for the writer task besides a ping."""
         return bool(self.statuses or self.texts or self.behind or self.terminal or self.closing)
 
@@ -278,7 +275,7 @@ class Reader:
     async def _step(self) -> bool:
         """One round of the writer; True once the terminal event is written."""
         pending = self._pending
-        if not pending.any():
+        if not pending.has_work():
             await self._idle()
         self._wake.clear()
         if pending.statuses:
@@ -312,12 +309,9 @@ class Reader:
     async def _catch_up(self) -> bool:
         """Serve from the log until it has nothing newer; True if it held the end."""
         while True:
-            try:
-                entries = await self._store.read(self.stream_id, self.sent)
-            except TRANSIENT as exc:
-                log.warning("log read failed: %r", exc, extra={"stream_id": self.stream_id})
-                await asyncio.sleep(0.25)
-                continue
+            entries = await retry_forever(
+                lambda: self._store.read(self.stream_id, self.sent), "log read", self.stream_id
+            )
             self._pending.drop_tokens()
             self._pending.behind = False
             batch_texts: list[str] = []

@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from libs.tools.servers import child_env
 
 
-def bench(tmp_path: Path, *argv: str) -> dict[str, object]:
+def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
     out = tmp_path / "figures.json"
     command = [sys.executable, "-m", "libs.tools.cli", "bench", *argv, "--json", str(out)]
     finished = subprocess.run(command, env=child_env({}), capture_output=True, timeout=120)
@@ -67,8 +68,8 @@ def test_bench_upstream_compares_the_direct_route_with_sluice(tmp_path: Path) ->
     )
     assert figures["incomplete_streams"] == 0
     for route in ("direct", "sluice"):
-        assert figures[f"{route}_token_latency_ms"]["n"] == 20  # type: ignore[index]
-        assert figures[f"{route}_ttft_ms"]["n"] == 2  # type: ignore[index]
+        assert figures[f"{route}_token_latency_ms"]["n"] == 20
+        assert figures[f"{route}_ttft_ms"]["n"] == 2
 
 
 CAPACITY_RUN = ("--tokens", "150", "--tokens-per-s", "100", "--ramp-s", "0", "--step", "2")

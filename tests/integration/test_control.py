@@ -235,7 +235,9 @@ async def test_feedback_is_stored_in_the_feedback_stream_with_tenant_and_stream_
     }
     async with aioredis.from_url(stack.redis_url, decode_responses=True) as redis:
         entries = await redis.xrevrange("sluice:feedback", count=50)
-    stored = [fields for _, fields in entries if fields["stream_id"] == created["id"]]
+    stored = [
+        fields for _, fields in entries or [] if fields and fields["stream_id"] == created["id"]
+    ]
     assert len(stored) == 1
     assert stored[0]["tenant"] == "anonymous"
     assert stored[0]["rating"] == "-1" and stored[0]["comment"] == "too terse"

@@ -116,7 +116,7 @@ def _protobuf(body: bytes) -> web.Response:
 
 
 def _service_name(attributes: Any) -> str:
-    return next(a.value.string_value for a in attributes if a.key == "service.name")
+    return str(next(a.value.string_value for a in attributes if a.key == "service.name"))
 
 
 @pytest.fixture(scope="module")

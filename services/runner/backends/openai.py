@@ -19,14 +19,15 @@ import msgspec
 
 from libs.common.errors import UpstreamError
 from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
+from libs.common.retry import Backoff
 from libs.common.settings import ModelSpec
+from libs.common.sse import SSEParser
 from libs.common.wire import Submit
 from services.runner.backends import Outcome, TokenSink, pump
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-BACKOFF_S = (0.1, 0.5, 1.0)
 MAX_RETRY_AFTER_S = 5.0
 ERROR_BODY_BYTES = 4096
 _encode = msgspec.json.Encoder().encode
@@ -91,7 +92,7 @@ class OpenAIBackend:
 
     async def _open(self, body: bytes, stream_id: str) -> aiohttp.ClientResponse:
         """POST the request, retrying refusals that may pass; the 200 response, ready to read."""
-        attempt = 1
+        attempt, backoff = 1, Backoff(first_s=0.1, cap_s=1.0)
         while True:
             try:
                 return await self._post(body)
@@ -99,7 +100,7 @@ class OpenAIBackend:
                 if refusal.retry_after_s is None or attempt > self._spec.max_retries:
                     tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                     raise UpstreamError(refusal.message + tries) from None
-                delay = refusal.retry_after_s or BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
+                delay = refusal.retry_after_s or backoff.next_s()
                 log.warning(
                     "%s; retry %d of %d in %.2fs",
                     refusal.message,
@@ -146,7 +147,7 @@ class OpenAIBackend:
         """The content of each chunk until ``[DONE]``, or until the end after a finish reason."""
         finished = False
         async for payload in self._events(response):
-            if payload == b"[DONE]":
+            if payload == "[DONE]":
                 return
             chunk = _parse(payload)
             if chunk.usage is not None:
@@ -161,30 +162,17 @@ class OpenAIBackend:
         if not finished:
             raise UpstreamError("the model server ended the stream without finishing the answer")
 
-    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         """The ``data`` of each server-sent event; a line that is not SSE is an error."""
-        data: list[bytes] = []
-        while True:
-            line = await self._readline(response)
-            if not line:
-                return
-            line = line.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-                continue
-            field, _, value = line.partition(b":")
-            if field == b"data":
-                data.append(value.removeprefix(b" "))
-            elif field not in (b"", b"event", b"id", b"retry"):
-                raise UpstreamError(
-                    f"the model server sent a line that is not server-sent events: {line[:80]!r}"
-                )
+        parser = SSEParser(on_unknown_field=_not_sse)
+        while chunk := await self._read(response):
+            for event in parser.feed(chunk):
+                yield event.data
 
-    async def _readline(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The next bytes of the body; empty at its end."""
         try:
-            return await response.content.readline()
+            return await response.content.readany()
         except TimeoutError:
             raise UpstreamError(
                 f"the model server sent nothing for {self._spec.read_timeout_s:g}s"
@@ -193,7 +181,13 @@ class OpenAIBackend:
             raise UpstreamError(f"the model server's stream broke: {_describe(exc)}") from None
 
 
-def _parse(payload: bytes) -> UpstreamChunk:
+def _not_sse(line: str) -> None:
+    raise UpstreamError(
+        f"the model server sent a line that is not server-sent events: {line[:80]!r}"
+    )
+
+
+def _parse(payload: str) -> UpstreamChunk:
     try:
         chunk = _decode_chunk(payload)
     except msgspec.DecodeError as exc:
