@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_deps_as_a_user_fails_with_that_command_and_installs_nothing(
 ) -> None:
     executable(tmp_path, "apt-get")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(deps.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(deps, "install", lambda tools: pytest.fail("installed as a user"))
     assert deps.main() == 1
     assert "sudo make deps" in capsys.readouterr().err
