@@ -17,6 +17,7 @@ from collections import deque
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
+from libs.common.channels import Channel, ToolCallAccumulator, ToolCallDelta
 from libs.common.errors import SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
@@ -62,6 +63,7 @@ class Generation:
         self._buffer = TokenBuffer(self.id)
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
+        self._tool_calls = ToolCallAccumulator()
         self.outcome = Outcome()
         self.count = 0
         self.unread = 0
@@ -132,6 +134,16 @@ class Generation:
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
+        self._log.push(self._buffer, text, self._stamp())
+
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """The backend's next token, of the reasoning or a tool call's arguments."""
+        if isinstance(channel, ToolCallDelta):
+            self._tool_calls.add(channel, text)
+        self._log.push_channel(self._buffer, text, self._stamp(), channel)
+
+    def _stamp(self) -> int:
+        """Count the token and time it; its emit time (ns)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now
@@ -143,7 +155,7 @@ class Generation:
         if time.monotonic() > self.read_until:
             self.unread += 1
         self._recent.append(now)
-        self._log.push(self._buffer, text, now)
+        return now
 
     def full(self) -> bool:
         return self._buffer.full
@@ -155,9 +167,11 @@ class Generation:
         assert self._producer is not None
         ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
         duration_ms = (stopped_ns - self.started_ns) / 1e6
+        tool_calls = self._tool_calls.calls() or None
         if self.cancel_reason is not None:
             return Done(
                 finish_reason=self.cancel_reason,
+                tool_calls=tool_calls,
                 tokens=self.count,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
@@ -173,6 +187,8 @@ class Generation:
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
+                reasoning_tokens=self.outcome.reasoning_tokens,
+                tool_calls=tool_calls,
             )
         if isinstance(error, SluiceError):
             return Failed(
@@ -204,12 +220,24 @@ class Generation:
         metrics.runner_stream_duration.record(duration_s)
         if self.count and duration_s > 0:
             metrics.runner_tokens_per_s.record(self.count / duration_s)
+        if isinstance(terminal, Done):
+            self._record_usage(terminal)
         if self.unread:
             metrics.tokens_wasted.add(self.unread, {"kind": "unread"})
         if isinstance(terminal, Done) and terminal.cancel_to_stop_ms is not None:
             metrics.cancel_to_stop.record(terminal.cancel_to_stop_ms / 1000)
             if terminal.tokens_after_cancel:
                 metrics.tokens_wasted.add(terminal.tokens_after_cancel, {"kind": "after_cancel"})
+
+    def _record_usage(self, done: Done) -> None:
+        usage = {
+            "prompt": done.prompt_tokens,
+            "completion": done.completion_tokens,
+            "reasoning": done.reasoning_tokens,
+        }
+        for kind, count in usage.items():
+            if count:
+                metrics.model_usage.add(count, {"model": self.submit.model, "kind": kind})
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         await retry_forever(lambda: self._nc.publish(subject, payload), "publish", self.id)

@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.api import Message, SimParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, pump
+from services.runner.backends import Outcome, Piece, pump
 from services.runner.backends.sim import MAX_PER_TICK, TICK_S, SimBackend, sim_tokens
 
 
@@ -241,12 +241,12 @@ async def test_fast_sequences_catch_up_in_bounded_steps(
         assert len(sink.batches) >= -(-tokens // MAX_PER_TICK)
 
 
-async def counting_pieces(log: list[str]) -> AsyncGenerator[str]:
-    """An endless model that logs each piece it hands out and its closing."""
+async def counting_pieces(log: list[str]) -> AsyncGenerator[Piece]:
+    """An endless model that logs each piece (answer text) it hands out and its closing."""
     try:
         for i in itertools.count():
             log.append(f"piece {i}")
-            yield f"p{i}"
+            yield f"p{i}", None
     finally:
         log.append("closed")
 
