@@ -16,8 +16,6 @@ from typing import Literal
 import msgspec
 
 REASONING: Literal["reasoning"] = "reasoning"
-TEXT = "text"
-TOOL_CALL = "tool_call"
 
 
 class ToolCallDelta(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
@@ -32,6 +30,22 @@ class ToolCallDelta(msgspec.Struct, frozen=True, array_like=True, omit_defaults=
 Channel = Literal["reasoning"] | ToolCallDelta
 Channels = list[Channel | None]
 """One entry per token; ``None`` is answer text."""
+
+
+def joined(
+    channels: Channels | None, count: int, more: Channels | None, skip: int, more_count: int
+) -> Channels | None:
+    """The channels of ``count`` tokens, then of ``more_count`` tokens from ``more[skip:]``.
+
+    None while all are answer text; ``channels`` may be extended in place. Call it
+    before the texts themselves are joined.
+    """
+    if channels is None and more is None:
+        return None
+    if channels is None:
+        channels = [None] * count
+    channels.extend([None] * more_count if more is None else more[skip : skip + more_count])
+    return channels
 
 
 class ToolCall(msgspec.Struct, frozen=True):

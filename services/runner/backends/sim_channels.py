@@ -113,4 +113,3 @@ class ChanneledSink:
             self._sink.push(text)
         else:
             self._sink.push_channel(text, channel)
-
