@@ -96,27 +96,23 @@ class LogWriter:
 
     def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
         """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""
-        buffer.texts.append(text)
+        texts = buffer.texts
+        texts.append(text)
         buffer.stamps.append(stamp)
         if buffer.channels is not None:
             buffer.channels.append(None)
-        self._took(buffer)
+        if len(texts) >= MAX_PENDING_TOKENS:
+            buffer.space.clear()
+            buffer.full = True
+        if not (buffer.in_flight or buffer.scheduled):
+            self._consider(buffer)
 
     def push_channel(self, buffer: TokenBuffer, text: str, stamp: int, channel: Channel) -> None:
         """Take one token of another channel than answer text; never waits."""
         if buffer.channels is None:
             buffer.channels = [None] * len(buffer.texts)
-        buffer.channels.append(channel)
-        buffer.texts.append(text)
-        buffer.stamps.append(stamp)
-        self._took(buffer)
-
-    def _took(self, buffer: TokenBuffer) -> None:
-        if len(buffer.texts) >= MAX_PENDING_TOKENS:
-            buffer.space.clear()
-            buffer.full = True
-        if not (buffer.in_flight or buffer.scheduled):
-            self._consider(buffer)
+        self.push(buffer, text, stamp)
+        buffer.channels[-1] = channel  # ``push`` took it for text; batches are cut later
 
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""

@@ -214,9 +214,10 @@ class Reader:
         texts = batch.texts[skip:]
         if not pending.texts:
             pending.ts = batch.ts
-        pending.channels = joined(
-            pending.channels, len(pending.texts), batch.channels, skip, len(texts)
-        )
+        if pending.channels is not None or batch.channels is not None:  # not for text alone
+            pending.channels = joined(
+                pending.channels, len(pending.texts), batch.channels, skip, len(texts)
+            )
         pending.texts.extend(texts)
         pending.size += sum(len(text) for text in texts) + 16 * len(texts)
         if pending.size > self._limits.buffer_bytes:
