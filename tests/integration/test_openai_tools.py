@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletion
 
 from libs.tools.client import Received, SluiceClient, events
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import stack_with_models
 from tests.integration.channel_reading import accumulate
 from tests.integration.helpers import final, read_stream
 from tests.integration.scripted_upstream import (
@@ -66,28 +66,23 @@ def scripted_stack(
     upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     models = {"scripted": {"base_url": upstream.url, "upstream_model": "up-1"}}
-    env = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models)}
-    tmp = tmp_path_factory.mktemp("scripted")
-    with own_servers(tmp) as (nats, redis):
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    with stack_with_models(tmp_path_factory.mktemp("scripted"), models) as suite:
+        yield suite
+
+
+Routes = list[tuple[openai.AsyncOpenAI, str]]
 
 
 @pytest.fixture
-async def sdks(
-    upstream: ScriptedUpstream, scripted_stack: Stack
-) -> AsyncIterator[tuple[openai.AsyncOpenAI, openai.AsyncOpenAI]]:
-    """The SDK pointed at the upstream directly, and at sluice."""
+async def routes(upstream: ScriptedUpstream, scripted_stack: Stack) -> AsyncIterator[Routes]:
+    """The SDK and the model name to ask for: the upstream directly, then through sluice."""
     upstream.script = PARALLEL_CALLS
     direct = openai.AsyncOpenAI(base_url=upstream.url, api_key="x", max_retries=0)
     through = openai.AsyncOpenAI(
         base_url=f"{scripted_stack.streamer}/v1", api_key="x", max_retries=0
     )
     async with direct, through:
-        yield direct, through
+        yield [(direct, "up-1"), (through, "scripted")]
 
 
 def answer(completion: ChatCompletion) -> tuple[Any, Any]:
@@ -97,11 +92,11 @@ def answer(completion: ChatCompletion) -> tuple[Any, Any]:
 
 
 async def test_a_streamed_answer_with_reasoning_and_parallel_tool_calls_equals_the_upstreams(
-    sdks: tuple[openai.AsyncOpenAI, openai.AsyncOpenAI], upstream: ScriptedUpstream
+    routes: Routes, upstream: ScriptedUpstream
 ) -> None:
     upstream.script = INTERLEAVED_CALLS
     finals = []
-    for sdk, model in zip(sdks, ("up-1", "scripted"), strict=True):
+    for sdk, model in routes:
         stream = await sdk.chat.completions.create(
             model=model, messages=ASK, tools=[WEATHER_TOOL], stream=True, stream_options=USAGE
         )
@@ -142,9 +137,9 @@ def accumulated(chunks: list[Any]) -> dict[str, Any]:
 
 
 async def test_a_whole_answer_equals_the_upstreams_and_the_stream_added_up(
-    sdks: tuple[openai.AsyncOpenAI, openai.AsyncOpenAI],
+    routes: Routes,
 ) -> None:
-    direct_sdk, sluice_sdk = sdks
+    (direct_sdk, _), (sluice_sdk, _) = routes
     direct = await direct_sdk.chat.completions.create(
         model="up-1", messages=ASK, tools=[WEATHER_TOOL]
     )
@@ -163,11 +158,11 @@ async def test_a_whole_answer_equals_the_upstreams_and_the_stream_added_up(
 
 
 async def test_the_sdks_stream_helper_yields_the_tool_call_events(
-    sdks: tuple[openai.AsyncOpenAI, openai.AsyncOpenAI],
+    routes: Routes,
 ) -> None:
     tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
     results = []
-    for sdk, model in zip(sdks, ("up-1", "scripted"), strict=True):
+    for sdk, model in routes:
         async with sdk.chat.completions.stream(
             model=model, messages=ASK, tools=[tool], stream_options=USAGE
         ) as stream:
@@ -187,11 +182,11 @@ async def test_the_sdks_stream_helper_yields_the_tool_call_events(
 
 
 async def test_parse_with_a_json_schema_response_format_works_through_sluice(
-    sdks: tuple[openai.AsyncOpenAI, openai.AsyncOpenAI], upstream: ScriptedUpstream
+    routes: Routes, upstream: ScriptedUpstream
 ) -> None:
     upstream.script = STRUCTURED
     parsed = []
-    for sdk, model in zip(sdks, ("up-1", "scripted"), strict=True):
+    for sdk, model in routes:
         completion = await sdk.chat.completions.parse(
             model=model, messages=ASK, response_format=Forecast
         )
@@ -235,9 +230,9 @@ async def test_a_reader_cut_mid_tool_call_resumes_to_the_exact_calls(
 
 
 async def test_a_field_sluice_neither_honours_nor_passes_is_refused_by_name(
-    sdks: tuple[openai.AsyncOpenAI, openai.AsyncOpenAI], upstream: ScriptedUpstream
+    routes: Routes, upstream: ScriptedUpstream
 ) -> None:
-    _, sluice_sdk = sdks
+    sluice_sdk = routes[1][0]
     seen = len(upstream.requests)
     with pytest.raises(openai.BadRequestError) as caught:
         await sluice_sdk.chat.completions.create(
