@@ -167,11 +167,9 @@ class Generation:
         assert self._producer is not None
         ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
         duration_ms = (stopped_ns - self.started_ns) / 1e6
-        tool_calls = self._tool_calls.calls() or None
-        if self.cancel_reason is not None:
+        if self.cancel_reason is not None:  # a call cut short is no call: no tool_calls
             return Done(
                 finish_reason=self.cancel_reason,
-                tool_calls=tool_calls,
                 tokens=self.count,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
@@ -188,7 +186,7 @@ class Generation:
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
                 reasoning_tokens=self.outcome.reasoning_tokens,
-                tool_calls=tool_calls,
+                tool_calls=self._tool_calls.calls() or None,
             )
         if isinstance(error, SluiceError):
             return Failed(

@@ -118,6 +118,24 @@ async def test_a_reader_cut_mid_tool_call_resumes_to_the_exact_call(
     json.loads(resumed.tool_calls()[0]["arguments"])
 
 
+async def test_a_cancel_mid_tool_call_ends_without_a_half_call(
+    client: SluiceClient, session: aiohttp.ClientSession
+) -> None:
+    shape = {**sim(tokens_per_s=20, seed=4), "reasoning_tokens": 2}
+    created = await client.create(**ask("stop me", tools=[WEATHER], sim=shape))
+    received: list[Received] = []
+    status = 0
+    async for event in events(session, created["events_url"]):
+        received.append(event)
+        if not status and event.type == "token" and event.json().get("channel") == "tool_call":
+            status, _ = await client.cancel(created["id"])
+    assert status == 202
+
+    done = final(received).json()
+    assert done["finish_reason"] == "cancelled" and "tool_calls" not in done
+    assert done["tokens"] == sum(t["n"] for t in tokens(received))
+
+
 async def test_a_conversation_with_tool_calls_and_results_is_accepted(
     client: SluiceClient, session: aiohttp.ClientSession
 ) -> None:

@@ -8,7 +8,9 @@ the upstream itself, field for field, streamed and not; the answer's own identit
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from libs.tools.client import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.conftest import stack_with_models
 from tests.integration.channel_reading import accumulate
-from tests.integration.helpers import final, read_stream
+from tests.integration.helpers import final, metric, read_stream
 from tests.integration.scripted_upstream import (
     INTERLEAVED_CALLS,
     PARALLEL_CALLS,
@@ -44,6 +46,7 @@ WEATHER_TOOL: Any = {
 }
 ASK: Any = [{"role": "user", "content": "Weather in Paris and Oslo?"}]
 USAGE: Any = {"include_usage": True}
+USAGE_METRIC = "sluice_model_usage_tokens_total"
 
 
 class Forecast(pydantic.BaseModel):
@@ -227,6 +230,11 @@ async def test_a_reader_cut_mid_tool_call_resumes_to_the_exact_calls(
     ]
     assert accumulate(whole).reasoning == "Two cities, so two calls."
     assert final(whole).json()["reasoning_tokens"] == 7
+    runner = scripted_stack.first("runner").url
+    deadline = time.monotonic() + 10
+    while await metric(session, runner, USAGE_METRIC, model="scripted", kind="reasoning") < 7:
+        assert time.monotonic() < deadline, "the upstream's reasoning tokens are not counted"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_field_sluice_neither_honours_nor_passes_is_refused_by_name(
