@@ -67,13 +67,17 @@ class JsonSchemaFormat(
 ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
-class FunctionCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class FunctionCall(msgspec.Struct, frozen=True):
     name: FunctionName
     arguments: Annotated[str, Meta(max_length=1_000_000)]
 
 
-class MessageToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A call the assistant made earlier in the conversation."""
+class MessageToolCall(msgspec.Struct, frozen=True):
+    """A call the assistant made earlier in the conversation.
+
+    Extra fields are ignored, as on a message: agents send back the answer's message as
+    their SDK dumped it (with a streamed call's ``index``, say).
+    """
 
     id: CallId
     function: FunctionCall

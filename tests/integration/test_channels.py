@@ -11,9 +11,12 @@ import json
 from typing import Any
 
 import aiohttp
+import openai
+import pydantic
 import pytest
 
 from libs.tools.client import Received, SluiceClient, events
+from libs.tools.stack import Stack
 from tests.integration.channel_reading import accumulate
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 
@@ -149,6 +152,39 @@ async def test_a_conversation_with_tool_calls_and_results_is_accepted(
     received = await read_stream(session, created["events_url"])
     assert final(received).json()["finish_reason"] == "length" or text(received)
     assert "tool_calls" not in final(received).json()
+
+
+class Forecast(pydantic.BaseModel):
+    city: str
+    days: int
+    hourly: bool
+
+
+async def test_the_sdk_parses_the_sims_json_answer_and_runs_an_agent_loop(stack: Stack) -> None:
+    async with openai.AsyncOpenAI(base_url=f"{stack.streamer}/v1", api_key="x") as sdk:
+        parsed = await sdk.chat.completions.parse(
+            model="sim", messages=ask("forecast")["messages"], response_format=Forecast
+        )
+        assert isinstance(parsed.choices[0].message.parsed, Forecast)
+        async with sdk.chat.completions.stream(
+            model="sim", messages=ask("weather?")["messages"], tools=[WEATHER]
+        ) as stream:
+            asked = await stream.get_final_completion()
+        message = asked.choices[0].message
+        assert asked.choices[0].finish_reason == "tool_calls" and message.tool_calls
+        [call] = message.tool_calls
+        assert json.loads(call.function.arguments)["units"] in ("metric", "imperial")
+        answered = await sdk.chat.completions.create(
+            model="sim",
+            messages=[
+                *ask("weather?")["messages"],
+                message.model_dump(),  # as agents send it back, a streamed call's index too
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+            ],
+            tools=[WEATHER],
+            tool_choice="none",
+        )
+    assert answered.choices[0].message.content and not answered.choices[0].message.tool_calls
 
 
 BAD = {

@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
 from libs.common.api import SimParams
-from libs.common.channels import ToolCallDelta
 from libs.common.wire import Submit
 from services.runner.backends import Outcome, TokenSink
-from services.runner.backends.sim_channels import ChanneledSink, call_id, tool_call_pieces
+from services.runner.backends.sim_channels import ChanneledSink, shaped_body
 
 WORDS = [
     "the",
@@ -111,16 +110,13 @@ class Answer:
 
     def __init__(self, submit: Submit, params: SimParams, sink: TokenSink) -> None:
         prompt, seed = submit.prompt, params.seed
+        shaped = shaped_body(submit.tooling, prompt, seed) if submit.tooling else None
         self.tokens: Iterator[str] = sim_tokens(prompt, seed)
         self.push: Callable[[str], None] = sink.push
-        function = submit.tooling.calls_tool() if submit.tooling else None
-        body, reason = params.tokens, "stop"
-        calls: list[ToolCallDelta] = []
-        if function is not None:
-            fragments = tool_call_pieces(function, prompt, seed)
-            body, reason, self.tokens = len(fragments), "tool_calls", iter(fragments)
-            calls = [ToolCallDelta(0, call_id(prompt, seed), function.name)]
-            calls += [ToolCallDelta(0)] * (len(fragments) - 1)
+        body, reason, calls = params.tokens, "stop", []
+        if shaped is not None:
+            self.tokens = iter(shaped.fragments)
+            body, reason, calls = len(shaped.fragments), shaped.finish_reason, shaped.calls
         self.reasoning = min(params.reasoning_tokens, submit.max_tokens)
         if self.reasoning or calls:
             thinking = islice(sim_tokens("reasoning\x00" + prompt, seed), self.reasoning)

@@ -1,10 +1,11 @@
-"""The simulated model's channels: reasoning first, then a tool call or the answer text.
+"""The simulated model's channels and shapes: reasoning first, then a tool call or JSON.
 
 With ``sim.reasoning_tokens`` the answer opens with that many thinking tokens; when
 the request has ``tools`` (and ``tool_choice`` is not ``none``) the answer is one call
 of the chosen function (the named one, else the first), whose arguments are valid
-JSON for its schema, streamed a few characters per token. Everything is a pure
-function of the prompt and ``sim.seed``, like the sim's text.
+JSON for its schema, streamed a few characters per token; a ``json_schema`` or
+``json_object`` ``response_format`` makes the answer text such JSON. Everything is a
+pure function of the prompt and ``sim.seed``, like the sim's text.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from libs.common.channels import REASONING, Channel, ToolCallDelta
-from libs.common.tooling import FunctionDef
+from libs.common.tooling import JsonObjectFormat, JsonSchemaFormat, ToolParams
 from services.runner.backends import TokenSink
 
 FRAGMENT_CHARS = (3, 9)  # argument characters per token, drawn in this range
@@ -28,10 +30,41 @@ def seeded(prompt: str, seed: int, purpose: str) -> random.Random:
     return random.Random(int.from_bytes(digest.digest(), "big"))
 
 
-def tool_call_pieces(function: FunctionDef, prompt: str, seed: int) -> list[str]:
-    """The call's JSON arguments for ``function``'s schema, cut into fragments."""
-    rng = seeded(prompt, seed, "tool")
-    schema = function.parameters or {"type": "object", "properties": {}}
+@dataclass(frozen=True, slots=True)
+class ShapedBody:
+    """The answer's body when the request shapes it: JSON fragments, and their tool call."""
+
+    fragments: list[str]
+    calls: list[ToolCallDelta]
+    finish_reason: str
+
+
+def shaped_body(tooling: ToolParams, prompt: str, seed: int) -> ShapedBody | None:
+    """A call of the tool to call, else JSON for the response format, else None (text)."""
+    function = tooling.calls_tool()
+    if function is not None:
+        fragments = json_pieces(function.parameters, prompt, seed)
+        first = ToolCallDelta(0, call_id(prompt, seed), function.name)
+        calls = [first] + [ToolCallDelta(0)] * (len(fragments) - 1)
+        return ShapedBody(fragments, calls, "tool_calls")
+    schema = output_schema(tooling)
+    if schema is None:
+        return None
+    return ShapedBody(json_pieces(schema, prompt, seed), [], "stop")
+
+
+def output_schema(tooling: ToolParams) -> dict[str, Any] | None:
+    """The schema the answer text must follow, if the request asks for JSON."""
+    form = tooling.response_format
+    if isinstance(form, JsonSchemaFormat):
+        return form.json_schema.schema or {"type": "object"}
+    return {"type": "object"} if isinstance(form, JsonObjectFormat) else None
+
+
+def json_pieces(schema: dict[str, Any] | None, prompt: str, seed: int) -> list[str]:
+    """A JSON value valid for ``schema`` (an empty object's without one), cut into fragments."""
+    rng = seeded(prompt, seed, "json")
+    schema = schema or {"type": "object", "properties": {}}
     arguments = json.dumps(_value(schema, schema, rng, 0), separators=(",", ":"))
     fragments: list[str] = []
     start = 0
