@@ -134,16 +134,6 @@ class Generation:
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
-        self._log.push(self._buffer, text, self._stamp())
-
-    def push_channel(self, text: str, channel: Channel) -> None:
-        """The backend's next token, of the reasoning or a tool call's arguments."""
-        if isinstance(channel, ToolCallDelta):
-            self._tool_calls.add(channel, text)
-        self._log.push_channel(self._buffer, text, self._stamp(), channel)
-
-    def _stamp(self) -> int:
-        """Count the token and time it; its emit time (ns)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now
@@ -155,7 +145,14 @@ class Generation:
         if time.monotonic() > self.read_until:
             self.unread += 1
         self._recent.append(now)
-        return now
+        self._log.push(self._buffer, text, now)
+
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """The backend's next token, of the reasoning or a tool call's arguments."""
+        if isinstance(channel, ToolCallDelta):
+            self._tool_calls.add(channel, text)
+        self.push(text)
+        self._log.set_channel(self._buffer, channel)
 
     def full(self) -> bool:
         return self._buffer.full

@@ -107,12 +107,14 @@ class LogWriter:
         if not (buffer.in_flight or buffer.scheduled):
             self._consider(buffer)
 
-    def push_channel(self, buffer: TokenBuffer, text: str, stamp: int, channel: Channel) -> None:
-        """Take one token of another channel than answer text; never waits."""
+    def set_channel(self, buffer: TokenBuffer, channel: Channel) -> None:
+        """Make the token just pushed one of ``channel`` rather than answer text.
+
+        It is still in ``buffer.texts``: tokens are only taken by the commit loop's task.
+        """
         if buffer.channels is None:
             buffer.channels = [None] * len(buffer.texts)
-        self.push(buffer, text, stamp)
-        buffer.channels[-1] = channel  # ``push`` took it for text; batches are cut later
+        buffer.channels[-1] = channel
 
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""

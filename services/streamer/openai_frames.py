@@ -69,19 +69,6 @@ def delta_of(text: str, channel: Channel | None) -> Delta:
     return Delta(tool_calls=[call])
 
 
-def answer_of(content: list[str], reasoning: list[str], done: Done) -> CompletionMessage:
-    """The whole answer, as the chunks of a streamed one add up."""
-    calls = [
-        MessageToolCall(call.id, FunctionCall(call.name, call.arguments))
-        for call in done.tool_calls or ()
-    ]
-    return CompletionMessage(
-        content="".join(content) if content or not calls else None,
-        reasoning_content="".join(reasoning) if reasoning else None,
-        tool_calls=calls or None,
-    )
-
-
 def shutdown_message(stream_id: str) -> str:
     return f"the streamer is shutting down; resume on /v1/streams/{stream_id}/events"
 
@@ -161,7 +148,16 @@ class CompletionFrames:
         return b""  # tool calls come whole with the end: Done.tool_calls
 
     def answer(self, done: Done) -> CompletionMessage:
-        return answer_of(self.texts, self.reasoning, done)
+        """The whole answer, as the chunks of a streamed one add up."""
+        calls = [
+            MessageToolCall(call.id, FunctionCall(call.name, call.arguments))
+            for call in done.tool_calls or ()
+        ]
+        return CompletionMessage(
+            content="".join(self.texts) if self.texts or not calls else None,
+            reasoning_content="".join(self.reasoning) if self.reasoning else None,
+            tool_calls=calls or None,
+        )
 
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         self.end = terminal
