@@ -85,7 +85,11 @@ def _continues(first: Channel | None, later: Channel | None) -> bool:
 
 
 class ToolCallAccumulator:
-    """Gathers tool calls from their fragments, appending each fragment once (no re-parsing)."""
+    """Gathers tool calls from their fragments, appending each fragment once (no re-parsing).
+
+    An ``id`` or ``name`` that repeats what the call already has is not appended again:
+    some servers send them on every fragment rather than on the first.
+    """
 
     __slots__ = ("_calls",)
 
@@ -94,10 +98,8 @@ class ToolCallAccumulator:
 
     def add(self, delta: ToolCallDelta, fragment: str) -> None:
         ids, names, arguments = self._calls.setdefault(delta.index, ([], [], []))
-        if delta.id:
-            ids.append(delta.id)
-        if delta.name:
-            names.append(delta.name)
+        _append_new(ids, delta.id)
+        _append_new(names, delta.name)
         arguments.append(fragment)
 
     def calls(self) -> list[ToolCall]:
@@ -106,3 +108,8 @@ class ToolCallAccumulator:
             ToolCall("".join(ids), "".join(names), "".join(arguments))
             for _, (ids, names, arguments) in sorted(self._calls.items())
         ]
+
+
+def _append_new(parts: list[str], part: str | None) -> None:
+    if part and part != "".join(parts):
+        parts.append(part)

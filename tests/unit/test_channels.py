@@ -68,6 +68,13 @@ def test_the_accumulator_adds_fragments_per_call_in_index_order() -> None:
     assert calls.calls() == [ToolCall("c0", "f", "{}"), ToolCall("c1", "g", '{"b": 2}')]
 
 
+def test_the_accumulator_takes_an_id_and_a_name_sent_on_every_fragment_once() -> None:
+    calls = ToolCallAccumulator()
+    for fragment in ("{", '"a": 1', "}"):
+        calls.add(ToolCallDelta(0, "call_9", "f"), fragment)
+    assert calls.calls() == [ToolCall("call_9", "f", '{"a": 1}')]
+
+
 def test_native_frames_give_each_run_its_own_event_and_id() -> None:
     channels: Channels = [REASONING, ToolCallDelta(0, "c0", "f"), ToolCallDelta(0), None]
     frame = NATIVE_FRAMES.tokens(14, ["hm", '{"a', '":1}', "ok"], 99, channels)
