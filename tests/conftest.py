@@ -8,10 +8,12 @@ never leak into other tests.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -57,6 +59,18 @@ def own_servers(tmp: Path, appendonly: bool = True) -> Iterator[tuple[Server, Se
     finally:
         nats.stop()
         redis.stop()
+
+
+@contextmanager
+def stack_with_models(tmp: Path, models: dict[str, Any], **env: str) -> Iterator[Stack]:
+    """A suite of its own (own NATS and Redis) whose runners serve ``models``."""
+    settings = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models), **env}
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=settings)
+        try:
+            yield suite.start()
+        finally:
+            suite.stop()
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,10 @@ runner_lost = _meter.create_counter(
 cancel_to_stop = _meter.create_histogram(
     "sluice.cancel_to_stop", unit="s", description="Cancel requested to generation stopped"
 )
+model_usage = _meter.create_counter(
+    "sluice.model.usage_tokens",
+    description="Tokens the model reported using, by model and kind: prompt, completion, reasoning",
+)
 tokens_wasted = _meter.create_counter(
     "sluice.tokens.wasted", description="Tokens no one needed: after_cancel, unread"
 )

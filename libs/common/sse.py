@@ -24,13 +24,23 @@ RESPONSE_HEADERS = {
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-class TokenData(msgspec.Struct):
-    """The JSON of a native ``token`` event."""
+class ToolCallRef(msgspec.Struct, omit_defaults=True):
+    """Which tool call a ``token`` event's text (an argument fragment) belongs to."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+
+
+class TokenData(msgspec.Struct, omit_defaults=True):
+    """The JSON of a native ``token`` event; ``channel`` is absent for answer text."""
 
     seq: int
     n: int
     text: str
     ts: int
+    channel: str | None = None
+    tool_call: ToolCallRef | None = None
 
 
 _json = msgspec.json.Encoder()

@@ -9,6 +9,7 @@ import time
 from typing import Protocol
 
 from libs.common import sse
+from libs.common.channels import REASONING, Channels, ToolCallDelta, runs
 from libs.common.wire import Done, Failed, StatusChange
 
 PING = b'event: ping\ndata: {"t": %d}\n\n'
@@ -22,7 +23,9 @@ class Frames(Protocol):
 
     def status(self, change: StatusChange) -> bytes: ...
 
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes: ...
+    def tokens(
+        self, last_seq: int, texts: list[str], ts: int, channels: Channels | None
+    ) -> bytes: ...
 
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes: ...
 
@@ -43,8 +46,10 @@ class NativeFrames:
             payload["position"] = change.position
         return sse.json_frame("status", payload)
 
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        return sse.token_frame(last_seq, texts, ts)
+    def tokens(self, last_seq: int, texts: list[str], ts: int, channels: Channels | None) -> bytes:
+        if channels is None:
+            return sse.token_frame(last_seq, texts, ts)
+        return channel_token_frames(last_seq - len(texts), texts, ts, channels)
 
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         if isinstance(terminal, Done):
@@ -65,6 +70,26 @@ class NativeFrames:
 
 
 NATIVE_FRAMES = NativeFrames()
+
+
+def channel_token_frames(after_seq: int, texts: list[str], ts: int, channels: Channels) -> bytes:
+    """One ``token`` event per run of one channel, each with its own id, so a resume
+    may start between them."""
+    frames = b""
+    seq = after_seq
+    for run in runs(texts, channels):
+        seq += run.count
+        data = sse.TokenData(seq, run.count, run.text, ts, *_channel_fields(run.channel))
+        frames += sse.json_frame("token", data, seq)
+    return frames
+
+
+def _channel_fields(
+    channel: str | ToolCallDelta | None,
+) -> tuple[str | None, sse.ToolCallRef | None]:
+    if isinstance(channel, ToolCallDelta):
+        return "tool_call", sse.ToolCallRef(channel.index, channel.id, channel.name)
+    return (REASONING if channel == REASONING else None), None
 
 
 def _fields(terminal: Done) -> dict[str, object]:

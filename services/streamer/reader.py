@@ -22,6 +22,7 @@ from typing import Protocol
 from aiohttp import hdrs, web
 
 from libs.common import metrics
+from libs.common.channels import Channels, joined
 from libs.common.errors import SlowConsumer
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
@@ -69,6 +70,7 @@ class Pending:
 
     statuses: list[bytes] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    channels: Channels | None = None
     ts: int = 0
     size: int = 0
     terminal: Done | Failed | None = None
@@ -81,7 +83,7 @@ class Pending:
         return bool(self.statuses or self.texts or self.behind or self.terminal or self.closing)
 
     def drop_tokens(self) -> None:
-        self.texts, self.size = [], 0
+        self.texts, self.channels, self.size = [], None, 0
 
 
 @dataclass(slots=True)
@@ -178,7 +180,7 @@ class Reader:
             or not self._socket_free()
         ):
             return False
-        self._write_direct(batch.texts, batch.ts)
+        self._write_direct(batch.texts, batch.ts, batch.channels)
         return True
 
     def write_live(self) -> None:
@@ -189,13 +191,13 @@ class Reader:
         if not self._socket_free():
             self._wake.set()
             return
-        texts, ts = pending.texts, pending.ts
+        texts, ts, channels = pending.texts, pending.ts, pending.channels
         pending.drop_tokens()
-        self._write_direct(texts, ts)
+        self._write_direct(texts, ts, channels)
 
-    def _write_direct(self, texts: list[str], ts: int) -> None:
+    def _write_direct(self, texts: list[str], ts: int, channels: Channels | None) -> None:
         assert self._socket is not None
-        self._socket.write(self._token_frame(texts, ts))
+        self._socket.write(self._token_frame(texts, ts, channels))
         self._timing.last_write = time.monotonic()
 
     def _offer_batch(self, batch: TokenBatch) -> None:
@@ -205,9 +207,14 @@ class Reader:
         if batch.first > self._queued_upto + 1:
             pending.behind = True
             return
-        texts = batch.texts[self._queued_upto + 1 - batch.first :]
+        skip = self._queued_upto + 1 - batch.first
+        texts = batch.texts[skip:]
         if not pending.texts:
             pending.ts = batch.ts
+        if pending.channels is not None or batch.channels is not None:  # not for text alone
+            pending.channels = joined(
+                pending.channels, len(pending.texts), batch.channels, skip, len(texts)
+            )
         pending.texts.extend(texts)
         pending.size += sum(len(text) for text in texts) + 16 * len(texts)
         if pending.size > self._limits.buffer_bytes:
@@ -287,7 +294,7 @@ class Reader:
         if pending.behind:
             return await self._catch_up()
         if pending.texts:
-            await self._write_tokens(pending.texts, pending.ts)
+            await self._write_tokens(pending.texts, pending.ts, pending.channels)
         if pending.terminal is not None:
             if self.sent < pending.terminal.tokens:
                 pending.behind = True
@@ -315,32 +322,37 @@ class Reader:
             self._pending.drop_tokens()
             self._pending.behind = False
             batch_texts: list[str] = []
+            batch_channels: Channels | None = None
             batch_ts = 0
             for entry in entries:
                 if isinstance(entry, TokenBatch):
                     if entry.first > self.sent + len(batch_texts) + 1:
                         return await self._write_terminal(EXPIRED)
-                    skip = self.sent + len(batch_texts) + 1 - entry.first
+                    skip = max(0, self.sent + len(batch_texts) + 1 - entry.first)
                     if not batch_texts:
                         batch_ts = entry.ts
-                    batch_texts.extend(entry.texts[max(0, skip) :])
+                    texts = entry.texts[skip:]
+                    batch_channels = joined(
+                        batch_channels, len(batch_texts), entry.channels, skip, len(texts)
+                    )
+                    batch_texts.extend(texts)
                     continue
                 if batch_texts:
-                    await self._write_tokens(batch_texts, batch_ts)
+                    await self._write_tokens(batch_texts, batch_ts, batch_channels)
                 return await self._write_terminal(entry)
             if batch_texts:
-                await self._write_tokens(batch_texts, batch_ts)
+                await self._write_tokens(batch_texts, batch_ts, batch_channels)
             if len(entries) < self._store.read_chunk:
                 return False
 
-    async def _write_tokens(self, texts: list[str], ts: int) -> None:
+    async def _write_tokens(self, texts: list[str], ts: int, channels: Channels | None) -> None:
         self._pending.drop_tokens()
-        await self._write(self._token_frame(texts, ts))
+        await self._write(self._token_frame(texts, ts, channels))
 
-    def _token_frame(self, texts: list[str], ts: int) -> bytes:
+    def _token_frame(self, texts: list[str], ts: int, channels: Channels | None) -> bytes:
         """The frame for the next ``texts``, counted as sent."""
         last = self.sent + len(texts)
-        frame = self._frames.tokens(last, texts, ts)
+        frame = self._frames.tokens(last, texts, ts, channels)
         self.sent = last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)

@@ -23,7 +23,7 @@ from libs.common.sse import SSEParser
 from libs.tools.client import Received, SluiceClient, events
 from libs.tools.servers import Server, ServerError, find_binary, free_port
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import stack_with_models
 from tests.integration.helpers import final, read_stream, text, tokens
 
 API_KEY = "key-b"
@@ -159,14 +159,9 @@ def relay_stack(
         "fake": {"base_url": f"http://127.0.0.1:{fake.port}/v1", "upstream_model": "fake-1"},
         "down": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 1},
     }
-    env = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models), "SLUICE_API_KEYS": f"{API_KEY}:b"}
     tmp = tmp_path_factory.mktemp("relay")
-    with own_servers(tmp) as (nats, redis):
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    with stack_with_models(tmp, models, SLUICE_API_KEYS=f"{API_KEY}:b") as suite:
+        yield suite
 
 
 @pytest.fixture

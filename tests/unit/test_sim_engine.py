@@ -11,8 +11,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import pytest
 
 from libs.common.api import Message, SimParams
+from libs.common.channels import Channel
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, pump
+from services.runner.backends import Outcome, Piece, pump
 from services.runner.backends.sim import MAX_PER_TICK, TICK_S, SimBackend, sim_tokens
 
 
@@ -48,6 +49,9 @@ class RecordingSink:
         for count, waiter in self._waiters:
             if len(self.pushes) >= count and not waiter.done():
                 waiter.set_result(None)
+
+    def push_channel(self, text: str, channel: Channel) -> None:
+        self.push(text)
 
     def full(self) -> bool:
         return self.capacity is not None and len(self.pushes) >= self.capacity
@@ -241,12 +245,12 @@ async def test_fast_sequences_catch_up_in_bounded_steps(
         assert len(sink.batches) >= -(-tokens // MAX_PER_TICK)
 
 
-async def counting_pieces(log: list[str]) -> AsyncGenerator[str]:
-    """An endless model that logs each piece it hands out and its closing."""
+async def counting_pieces(log: list[str]) -> AsyncGenerator[Piece]:
+    """An endless model that logs each piece (answer text) it hands out and its closing."""
     try:
         for i in itertools.count():
             log.append(f"piece {i}")
-            yield f"p{i}"
+            yield f"p{i}", None
     finally:
         log.append("closed")
 

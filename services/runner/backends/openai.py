@@ -17,13 +17,21 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import aiohttp
 import msgspec
 
+from libs.common.channels import REASONING, ToolCallDelta
 from libs.common.errors import UpstreamError
-from libs.common.openai_wire import ChatRequest, ErrorResponse, StreamOptions, UpstreamChunk
+from libs.common.openai_wire import (
+    ChatRequest,
+    Delta,
+    ErrorResponse,
+    StreamOptions,
+    UpstreamChunk,
+    Usage,
+)
 from libs.common.retry import Backoff
 from libs.common.settings import ModelSpec
 from libs.common.sse import SSEParser
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, TokenSink, pump
+from services.runner.backends import Outcome, Piece, TokenSink, pump
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ class OpenAIBackend:
     async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
         await pump(self._stream(submit, outcome), sink)
 
-    async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[str]:
+    async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[Piece]:
         request = ChatRequest(
             model=self._spec.upstream_model or submit.model,
             messages=submit.messages,
@@ -70,11 +78,12 @@ class OpenAIBackend:
             stream=True,
             stream_options=StreamOptions(include_usage=True),
             **(msgspec.structs.asdict(submit.sampling) if submit.sampling else {}),
+            **(msgspec.structs.asdict(submit.tooling) if submit.tooling else {}),
         )
         response = await self._open(_encode(request), submit.id)
         try:
-            async for text in self._tokens(response, outcome):
-                yield text
+            async for piece in self._tokens(response, outcome):
+                yield piece
         except BaseException:
             response.close()
             raise
@@ -131,34 +140,33 @@ class OpenAIBackend:
 
     async def _tokens(
         self, response: aiohttp.ClientResponse, outcome: Outcome
-    ) -> AsyncIterator[str]:
-        """The answer's text pieces; a failure says how many had arrived."""
+    ) -> AsyncIterator[Piece]:
+        """The answer's pieces of every channel; a failure says how many had arrived."""
         pieces = 0
         try:
-            async for text in self._contents(response, outcome):
+            async for piece in self._contents(response, outcome):
                 pieces += 1
-                yield text
+                yield piece
         except UpstreamError as exc:
             raise UpstreamError(f"{exc.message} (after {pieces} tokens)") from None
 
     async def _contents(
         self, response: aiohttp.ClientResponse, outcome: Outcome
-    ) -> AsyncIterator[str]:
-        """The content of each chunk until ``[DONE]``, or until the end after a finish reason."""
+    ) -> AsyncIterator[Piece]:
+        """The pieces of each chunk until ``[DONE]``, or until the end after a finish reason."""
         finished = False
         async for payload in self._events(response):
             if payload == "[DONE]":
                 return
             chunk = _parse(payload)
             if chunk.usage is not None:
-                outcome.prompt_tokens = chunk.usage.prompt_tokens
-                outcome.completion_tokens = chunk.usage.completion_tokens
+                _take_usage(chunk.usage, outcome)
             for choice in chunk.choices:
                 if choice.finish_reason:
                     outcome.finish_reason = choice.finish_reason
                     finished = True
-                if choice.delta.content:
-                    yield choice.delta.content
+                for piece in _pieces(choice.delta):
+                    yield piece
         if not finished:
             raise UpstreamError("the model server ended the stream without finishing the answer")
 
@@ -185,6 +193,31 @@ def _not_sse(line: str) -> None:
     raise UpstreamError(
         f"the model server sent a line that is not server-sent events: {line[:80]!r}"
     )
+
+
+def _pieces(delta: Delta) -> list[Piece]:
+    """What one delta adds, channel by channel: reasoning, answer text, then tool calls."""
+    pieces: list[Piece] = []
+    reasoning = delta.reasoning_content or delta.reasoning
+    if reasoning:
+        pieces.append((reasoning, REASONING))
+    if delta.content:
+        pieces.append((delta.content, None))
+    for call in delta.tool_calls or ():
+        function = call.function
+        name = function.name if function is not None else None
+        arguments = (function.arguments if function is not None else None) or ""
+        if arguments or call.id or name:
+            pieces.append((arguments, ToolCallDelta(call.index, call.id or None, name or None)))
+    return pieces
+
+
+def _take_usage(usage: Usage, outcome: Outcome) -> None:
+    outcome.prompt_tokens = usage.prompt_tokens
+    outcome.completion_tokens = usage.completion_tokens
+    details = usage.completion_tokens_details
+    if details is not None:
+        outcome.reasoning_tokens = details.reasoning_tokens
 
 
 def _parse(payload: str) -> UpstreamChunk:

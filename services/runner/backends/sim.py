@@ -19,11 +19,13 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import chain, islice
 
 from libs.common.api import SimParams
 from libs.common.wire import Submit
 from services.runner.backends import Outcome, TokenSink
+from services.runner.backends.sim_channels import ChanneledSink, shaped_body
 
 WORDS = [
     "the",
@@ -101,21 +103,46 @@ def sim_tokens(prompt: str, seed: int) -> Iterator[str]:
         yield from rng.choices(SPELLINGS, k=64)
 
 
+class Answer:
+    """What the sim will say: its tokens, where each goes, how many, and why it ends."""
+
+    __slots__ = ("count", "finish_reason", "push", "reasoning", "tokens")
+
+    def __init__(self, submit: Submit, params: SimParams, sink: TokenSink) -> None:
+        prompt, seed = submit.prompt, params.seed
+        shaped = shaped_body(submit.tooling, prompt, seed) if submit.tooling else None
+        self.tokens: Iterator[str] = sim_tokens(prompt, seed)
+        self.push: Callable[[str], None] = sink.push
+        body, reason, calls = params.tokens, "stop", []
+        if shaped is not None:
+            self.tokens = iter(shaped.fragments)
+            body, reason, calls = len(shaped.fragments), shaped.finish_reason, shaped.calls
+        self.reasoning = min(params.reasoning_tokens, submit.max_tokens)
+        if self.reasoning or calls:
+            thinking = islice(sim_tokens("reasoning\x00" + prompt, seed), self.reasoning)
+            self.tokens = chain(thinking, self.tokens)
+            self.push = ChanneledSink(sink, self.reasoning, calls).push
+        total = params.reasoning_tokens + body
+        self.count = min(total, submit.max_tokens)
+        self.finish_reason = "length" if total > submit.max_tokens else reason
+
+
 class _Sequence:
     """One generation in the decode loop: its schedule, its text and its sink."""
 
-    __slots__ = ("count", "done", "index", "interval", "sink", "start", "tokens")
+    __slots__ = ("count", "done", "index", "interval", "push", "sink", "start", "tokens")
 
     def __init__(
         self,
         sink: TokenSink,
+        push: Callable[[str], None],
         tokens: Iterator[str],
         start: float,
         interval: float,
         count: int,
         done: asyncio.Future[None],
     ) -> None:
-        self.sink, self.tokens, self.done = sink, tokens, done
+        self.sink, self.push, self.tokens, self.done = sink, push, tokens, done
         self.start, self.interval, self.count = start, interval, count
         self.index = 0
 
@@ -130,22 +157,24 @@ class SimBackend:
 
     async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
         params = submit.sim or SimParams()
-        count = min(params.tokens, submit.max_tokens)
-        outcome.finish_reason = "length" if params.tokens > submit.max_tokens else "stop"
+        answer = Answer(submit, params, sink)
+        outcome.finish_reason = answer.finish_reason
         done = asyncio.get_running_loop().create_future()
         sequence = _Sequence(
             sink,
-            sim_tokens(submit.prompt, params.seed),
+            answer.push,
+            answer.tokens,
             start=time.monotonic() + params.ttft_ms / 1000,
             interval=1.0 / params.tokens_per_s,
-            count=count,
+            count=answer.count,
             done=done,
         )
-        if count:
+        if answer.count:
             self._schedule(sequence)
             await done  # a cancel cancels ``done`` too, so the loop drops the sequence
         outcome.prompt_tokens = len(submit.prompt.split())
-        outcome.completion_tokens = count
+        outcome.completion_tokens = answer.count
+        outcome.reasoning_tokens = answer.reasoning or None
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -193,7 +222,7 @@ class SimBackend:
         """Emit the sequence's due tokens, then put it back in line, park it or finish it."""
         if sequence.done.done():
             return
-        sink, tokens, index = sequence.sink, sequence.tokens, sequence.index
+        sink, push, tokens, index = sequence.sink, sequence.push, sequence.tokens, sequence.index
         due = min(
             sequence.count,
             index + MAX_PER_TICK,
@@ -206,7 +235,7 @@ class SimBackend:
                 self._parked.add(parked)
                 parked.add_done_callback(self._parked.discard)
                 return
-            sink.push(next(tokens))
+            push(next(tokens))
             index += 1
         sequence.index = index
         if index == sequence.count:
