@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 

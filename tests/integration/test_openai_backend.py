@@ -18,8 +18,8 @@ import aiohttp
 import openai
 import pytest
 
+from libs.client.http import Received, SluiceClient, events
 from libs.common.sse import SSEParser
-from libs.tools.client import Received, SluiceClient, events
 from libs.tools.servers import Server, ServerError, find_binary, free_port
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers

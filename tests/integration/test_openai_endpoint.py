@@ -11,8 +11,8 @@ import aiohttp
 import openai
 import pytest
 
+from libs.client.http import SluiceClient
 from libs.common.sse import SSEParser
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import read_stream, sim, text
 

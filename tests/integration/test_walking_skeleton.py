@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 
@@ -49,7 +49,7 @@ async def test_status_frame_arrives_before_the_models_first_token(
 
 
 async def _events(session: aiohttp.ClientSession, url: str):  # type: ignore[no-untyped-def]
-    from libs.tools.client import events
+    from libs.client.http import events
 
     async for event in events(session, url):
         yield event
