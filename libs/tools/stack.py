@@ -15,6 +15,11 @@ from libs.tools.servers import ServerError, child_env, die_with_parent, free_por
 SERVICES = ("coordinator", "runner", "streamer", "gateway")
 
 
+def page_origins(gateway_port: int) -> str:
+    """The origins of the gateway's own chat page, which reads SSE from another port."""
+    return f"http://127.0.0.1:{gateway_port},http://localhost:{gateway_port}"
+
+
 @dataclass
 class Service:
     name: str
@@ -98,6 +103,7 @@ class Stack:
         ports = ports or {name: free_port() for name in SERVICES}
         self.env.setdefault("SLUICE_PUBLIC_STREAMER_URL", f"http://127.0.0.1:{ports['streamer']}")
         self.env.setdefault("SLUICE_PUBLIC_GATEWAY_URL", f"http://127.0.0.1:{ports['gateway']}")
+        self.env.setdefault("SLUICE_CORS_ORIGINS", page_origins(ports["gateway"]))
         for name in SERVICES:
             self.add(name, ports[name])
         self.wait_ready()
