@@ -82,6 +82,8 @@ class Turn {
 
   done(done) {
     this.answer.dataset.finishReason = done.finish_reason;
+    this.answer.dataset.tokens = done.tokens;
+    if (done.ttft_ms != null) this.answer.dataset.ttftMs = done.ttft_ms;
     const labels = { stop: "", length: "stopped at max tokens", cancelled: "stopped",
       superseded: "superseded", abandoned: "abandoned" };
     const stopped = done.finish_reason === "cancelled" || done.finish_reason === "superseded";
