@@ -10,8 +10,28 @@ from __future__ import annotations
 import re
 
 CODE_HINTS = frozenset(
-    "code coding program function script snippet implement implementation class method"
-    " bug debug compile regex api parse parser loop recursion algorithm".split()
+    [
+        "code",
+        "coding",
+        "program",
+        "function",
+        "script",
+        "snippet",
+        "implement",
+        "implementation",
+        "class",
+        "method",
+        "bug",
+        "debug",
+        "compile",
+        "regex",
+        "api",
+        "parse",
+        "parser",
+        "loop",
+        "recursion",
+        "algorithm",
+    ]
 )
 LANGUAGES = {
     "python": "python",
