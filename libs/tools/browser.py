@@ -55,9 +55,8 @@ async def chromium() -> AsyncIterator[Any]:
                 await context.close()
 
 
-async def open_chat(context: Any, gateway: str, request_fields: str) -> Any:
-    """A new tab on the chat page, its request fields set to the JSON ``request_fields``."""
-    page = await context.new_page()
+async def open_chat(page: Any, gateway: str, request_fields: str) -> Any:
+    """Load the chat page in ``page``, its request fields set to the JSON ``request_fields``."""
     await page.goto(gateway.rstrip("/") + "/")
     await page.wait_for_selector("body[data-ready='1']")
     await page.evaluate(

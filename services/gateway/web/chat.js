@@ -41,7 +41,12 @@ class Turn {
     this.state = element("div", "state");
     this.body = element("div", "body");
     this.figures = element("div", "figures");
-    this.answer.append(this.state, this.body, this.figures);
+    const copy = element("button", "copy", "copy");
+    copy.type = "button";
+    copy.title = "Copy the answer as Markdown";
+    copy.addEventListener("click", () => navigator.clipboard.writeText(this.text));
+    this.answer.append(this.state, this.body, this.figures, copy);
+    this.answer.turn = this;  // the raw Markdown, for the copy button and for tests
     this.node.append(user, this.answer);
     this.text = "";
     this.tokens = 0;
