@@ -23,6 +23,7 @@ const MAX_MANUAL_RETRIES = 8;
 export class SluiceError extends Error {
   constructor(type, message, { status = null, retryable = false } = {}) {
     super(`${type}: ${message}`);
+    this.name = "SluiceError";
     this.type = type;
     this.status = status;
     this.retryable = retryable;
