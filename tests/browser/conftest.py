@@ -18,8 +18,8 @@ import pytest
 from libs.tools.browser import chromium, chromium_path
 from libs.tools.servers import free_port
 from libs.tools.stack import SERVICES, Stack, page_origins
-from tests.browser.netcut import CuttableLink
 from tests.conftest import FAST_ENV
+from tests.netcut import CuttableLink
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "browser"
 
