@@ -8,6 +8,7 @@ never leak into other tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -17,8 +18,9 @@ import aiohttp
 import pytest
 
 from libs.client.http import SluiceClient
-from libs.tools.servers import Server, nats_server, redis_server
-from libs.tools.stack import Stack
+from libs.tools.servers import Server, free_port, nats_server, redis_server
+from libs.tools.stack import SERVICES, Stack, page_origins
+from tests.netcut import CuttableLink, LinkedStack
 
 
 @contextmanager
@@ -74,6 +76,30 @@ FAST_ENV = {
     "SLUICE_DRAIN_TIMEOUT_S": "3",
     "SLUICE_LOG_LEVEL": "WARNING",
 }
+
+
+@pytest.fixture(scope="module")
+async def linked(
+    servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LinkedStack]:
+    """A suite of its own whose clients reach the streamer through a link a test can cut.
+
+    The chat page of its gateway reads SSE from the link's origin, as under ``sluice dev``.
+    """
+    ports = {name: free_port() for name in SERVICES}
+    link = await CuttableLink(ports["streamer"]).start()
+    env = {
+        **FAST_ENV,
+        "SLUICE_PUBLIC_STREAMER_URL": link.url,
+        "SLUICE_CORS_ORIGINS": page_origins(ports["gateway"]),
+    }
+    suite = Stack(*servers, tmp_path_factory.mktemp("linked-stack"), env=env)
+    await asyncio.to_thread(suite.start, ports)
+    try:
+        yield LinkedStack(suite, link)
+    finally:
+        await asyncio.to_thread(suite.stop)
+        await link.stop()
 
 
 @pytest.fixture

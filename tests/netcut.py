@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
+from dataclasses import dataclass
+
+from libs.tools.stack import Stack
 
 
 class CuttableLink:
@@ -64,3 +67,11 @@ class CuttableLink:
         self._open.discard(writer)
         with suppress(ConnectionError, OSError, RuntimeError):
             writer.close()
+
+
+@dataclass(frozen=True)
+class LinkedStack:
+    """A suite whose public streamer URL is ``link``'s."""
+
+    stack: Stack
+    link: CuttableLink

@@ -8,7 +8,6 @@ four services as separate processes; Ctrl-C or SIGTERM stops everything it start
 
 from __future__ import annotations
 
-import argparse
 import signal
 import tempfile
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from libs.common.settings import load_settings
+from libs.tools import helptext
 from libs.tools.servers import (
     Server,
     free_port,
@@ -47,7 +47,7 @@ def _ensure(kind: str, url: str, workdir: Path, started: list[Server]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sluice dev", description=__doc__)
+    parser = helptext.parser("sluice dev", __doc__, paragraphs=2)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="logs and data (default: a temp dir)"
     )

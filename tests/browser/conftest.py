@@ -1,4 +1,4 @@
-"""The chat page in headless Chromium against its own suite, whose streamer sits behind a cuttable link.
+"""The chat page in headless Chromium, against the suite whose streamer sits behind a cuttable link.
 
 The page comes from the gateway and reads SSE from another origin (the link in front
 of the streamer), as under ``sluice dev``, so CORS is exercised by every test.
@@ -7,7 +7,6 @@ Screenshots go to ``tests/artifacts/browser/``.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +15,6 @@ from typing import Any
 import pytest
 
 from libs.tools.browser import chromium, chromium_path
-from libs.tools.servers import free_port
-from libs.tools.stack import SERVICES, Stack, page_origins
-from tests.conftest import FAST_ENV
-from tests.netcut import CuttableLink
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "browser"
 
@@ -30,31 +25,6 @@ if chromium_path() is None:
     )
 if importlib.util.find_spec("playwright") is None:
     pytest.skip("playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
-
-
-class BrowserSuite:
-    def __init__(self, stack: Stack, link: CuttableLink) -> None:
-        self.stack, self.link = stack, link
-
-
-@pytest.fixture(scope="module")
-async def suite(
-    servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[BrowserSuite]:
-    ports = {name: free_port() for name in SERVICES}
-    link = await CuttableLink(ports["streamer"]).start()
-    env = {
-        **FAST_ENV,
-        "SLUICE_PUBLIC_STREAMER_URL": link.url,
-        "SLUICE_CORS_ORIGINS": page_origins(ports["gateway"]),
-    }
-    stack = Stack(*servers, tmp_path_factory.mktemp("browser-stack"), env=env)
-    await asyncio.to_thread(stack.start, ports)
-    try:
-        yield BrowserSuite(stack, link)
-    finally:
-        await asyncio.to_thread(stack.stop)
-        await link.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 
 from libs.tools.browser import answer_timings, open_chat, stop_timing
 from services.runner.backends.sim import sim_tokens
-from tests.browser.conftest import ARTIFACTS, BrowserSuite
+from tests.browser.conftest import ARTIFACTS
+from tests.netcut import LinkedStack
 
 pytestmark = pytest.mark.timeout(120)
 LAST_ANSWER = "#history .turn:last-child .answer"
@@ -26,8 +27,8 @@ def expected_text(prompt: str, tokens: int) -> str:
     return "".join(islice(sim_tokens(prompt, 0), tokens))
 
 
-async def chat(suite: BrowserSuite, page: Any, request_fields: str) -> Any:
-    return await open_chat(page, suite.stack.gateway, request_fields)
+async def chat(linked: LinkedStack, page: Any, request_fields: str) -> Any:
+    return await open_chat(page, linked.stack.gateway, request_fields)
 
 
 async def raw_text(page: Any, selector: str = LAST_ANSWER) -> str:
@@ -46,10 +47,10 @@ async def send(page: Any, prompt: str) -> None:
 
 
 async def test_status_comes_before_the_first_token_and_code_renders_as_code(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
     prompt = "how do I read a file in python?"
-    await chat(suite, page, fields(tokens=90, tokens_per_s=120, ttft_ms=600))
+    await chat(linked, page, fields(tokens=90, tokens_per_s=120, ttft_ms=600))
     timings = await answer_timings(page, prompt)
     assert timings["state"] == "done"
     assert timings["status_ms"] < timings["first_token_ms"]
@@ -61,8 +62,8 @@ async def test_status_comes_before_the_first_token_and_code_renders_as_code(
     assert figures is not None and "90 tokens" in figures and "tokens/s" in figures
 
 
-async def test_thinking_state_shows_until_the_first_token(suite: BrowserSuite, page: Any) -> None:
-    await chat(suite, page, fields(tokens=20, tokens_per_s=100, ttft_ms=3000))
+async def test_thinking_state_shows_until_the_first_token(linked: LinkedStack, page: Any) -> None:
+    await chat(linked, page, fields(tokens=20, tokens_per_s=100, ttft_ms=3000))
     await send(page, "what is a sluice gate")
     await wait_state(page, "thinking")
     assert await page.text_content(f"{LAST_ANSWER} .state") == "thinking…"
@@ -71,10 +72,10 @@ async def test_thinking_state_shows_until_the_first_token(suite: BrowserSuite, p
 
 
 async def test_stop_freezes_the_text_at_once_and_done_reports_it(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
     prompt = "tell me about rivers and tides"
-    await chat(suite, page, fields(tokens=2000, tokens_per_s=50))
+    await chat(linked, page, fields(tokens=2000, tokens_per_s=50))
     stopped = await stop_timing(page, prompt, after_chars=40, watch_ms=1500)
     assert not stopped["changed_after_stop"]
     await wait_state(page, "cancelled")
@@ -88,29 +89,29 @@ async def test_stop_freezes_the_text_at_once_and_done_reports_it(
 
 
 async def test_network_loss_mid_answer_resumes_and_completes_exactly_once(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
     prompt = "explain backpressure in streams"
-    await chat(suite, page, fields(tokens=150, tokens_per_s=50))
+    await chat(linked, page, fields(tokens=150, tokens_per_s=50))
     await send(page, prompt)
     await page.wait_for_function(
         f"document.querySelector({LAST_ANSWER!r} + ' .body').textContent.length > 40",
         timeout=WAIT_MS,
     )
-    suite.link.cut()
+    linked.link.cut()
     try:
         await wait_state(page, "reconnecting")
         await page.screenshot(path=_artifact("network_loss_reconnecting"), full_page=True)
     finally:
-        suite.link.restore()
+        linked.link.restore()
     await wait_state(page, "done")
     assert await raw_text(page) == expected_text(prompt, 150)
 
 
 async def test_edit_and_resend_supersedes_the_answer_in_flight(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
-    await chat(suite, page, fields(tokens=2000, tokens_per_s=40))
+    await chat(linked, page, fields(tokens=2000, tokens_per_s=40))
     await send(page, "write a long essay on rivers")
     first = "#history .turn:nth-child(1) .answer"
     await page.wait_for_function(
@@ -131,8 +132,8 @@ async def test_edit_and_resend_supersedes_the_answer_in_flight(
     assert second == expected_text("write a short note on rivers", 30)
 
 
-async def test_a_multibyte_prompt_comes_back_in_the_answer(suite: BrowserSuite, page: Any) -> None:
-    await chat(suite, page, fields(tokens=12, tokens_per_s=200))
+async def test_a_multibyte_prompt_comes_back_in_the_answer(linked: LinkedStack, page: Any) -> None:
+    await chat(linked, page, fields(tokens=12, tokens_per_s=200))
     await send(page, "héllo 你好 🌊")
     await wait_state(page, "done")
     shown = await page.text_content(f"{LAST_ANSWER} .body")

@@ -11,7 +11,7 @@ import pytest
 from libs.client.http import SluiceClient
 from libs.tools.stack import Stack
 from services.runner.backends.sim import sim_tokens
-from tests.browser.conftest import BrowserSuite
+from tests.netcut import LinkedStack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,8 +35,8 @@ async ([body, skipTo]) => {
 """
 
 
-async def sdk_page(suite: BrowserSuite, page: Any) -> Any:
-    await page.goto(suite.stack.gateway + "/")
+async def sdk_page(linked: LinkedStack, page: Any) -> Any:
+    await page.goto(linked.stack.gateway + "/")
     await page.wait_for_selector("body[data-ready='1']")
     return page
 
@@ -47,9 +47,9 @@ def body(prompt: str, tokens: int, tokens_per_s: float) -> dict[str, Any]:
 
 
 async def test_tokens_come_in_order_at_most_once_per_animation_frame(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
-    await sdk_page(suite, page)
+    await sdk_page(linked, page)
     result = await page.evaluate(STREAM_ALL, [body("batching", 250, 4000), 0])
     batches = result["batches"]
     assert len(batches) <= result["frames"] + 1
@@ -62,9 +62,9 @@ async def test_tokens_come_in_order_at_most_once_per_animation_frame(
     assert {channel for _, _, _, channel in tokens} == {"text"}
 
 
-async def test_a_frame_the_page_already_has_is_dropped(suite: BrowserSuite, page: Any) -> None:
+async def test_a_frame_the_page_already_has_is_dropped(linked: LinkedStack, page: Any) -> None:
     """As after a resume that overlaps: frames up to the last seen seq never reach the page."""
-    await sdk_page(suite, page)
+    await sdk_page(linked, page)
     result = await page.evaluate(STREAM_ALL, [body("duplicates", 30, 40), 10])
     seqs = [seq for batch in result["batches"] for seq, _, _, _ in batch]
     assert seqs and min(seqs) > 10 and seqs[-1] == 30
@@ -72,9 +72,9 @@ async def test_a_frame_the_page_already_has_is_dropped(suite: BrowserSuite, page
 
 
 async def test_control_frames_are_acknowledged_and_bad_ones_rejected(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
-    await sdk_page(suite, page)
+    await sdk_page(linked, page)
     result = await page.evaluate(
         """async (body) => {
           const { Sluice, SluiceError } = await import("/sdk/sluice.js");
@@ -93,9 +93,9 @@ async def test_control_frames_are_acknowledged_and_bad_ones_rejected(
 
 
 async def test_a_refused_create_rejects_with_the_contract_error(
-    suite: BrowserSuite, page: Any
+    linked: LinkedStack, page: Any
 ) -> None:
-    await sdk_page(suite, page)
+    await sdk_page(linked, page)
     error = await page.evaluate(
         """async () => {
           const { Sluice } = await import("/sdk/sluice.js");
@@ -107,14 +107,14 @@ async def test_a_refused_create_rejects_with_the_contract_error(
 
 
 async def test_a_streamer_that_does_not_list_the_origin_cannot_be_read(
-    suite: BrowserSuite, page: Any, stack: Stack
+    linked: LinkedStack, page: Any, stack: Stack
 ) -> None:
     """The session suite's streamer admits only its own gateway's page, not this one."""
     async with aiohttp.ClientSession() as session:
         created = await SluiceClient(session, stack.gateway).create(
             prompt="elsewhere", sim={"tokens": 5}
         )
-    await sdk_page(suite, page)
+    await sdk_page(linked, page)
     state = await page.evaluate(
         """(url) => new Promise((resolve) => {
           const source = new EventSource(url);

@@ -162,7 +162,14 @@ PROMPT_SHARE = 0.06  # of the prose's words, after the opening, that come from t
 
 
 def prompt_words(prompt: str) -> list[str]:
-    """The prompt's distinctive words, in order, punctuation trimmed, any script kept."""
+    """The distinctive words of the last user turn, in order, punctuation trimmed, any script kept.
+
+    A conversation reaches the sim as ``role: text`` lines; like a chat model, it answers
+    the last user message.
+    """
+    head, marker, last = prompt.rpartition("user: ")
+    if marker and (not head or head.endswith("\n")):
+        prompt = last
     words: list[str] = []
     for raw in prompt.split():
         word = raw.strip(".,;:!?\"'()[]{}<>`*")
