@@ -65,6 +65,9 @@ def main(argv: list[str]) -> None:
         ports = {
             name: port if port_is_free(port) else free_port() for name, port in defaults.items()
         }
+        for name, port in ports.items():
+            if port != defaults[name]:
+                print(f"  {name:<11} port {defaults[name]} is taken: moved to {port}")
         stack = Stack(nats_url, redis_url, workdir)
         stack.env["SLUICE_PUBLIC_GATEWAY_URL"] = f"http://127.0.0.1:{ports['gateway']}"
         stack.env["SLUICE_PUBLIC_STREAMER_URL"] = f"http://127.0.0.1:{ports['streamer']}"
@@ -83,8 +86,14 @@ def _banner(stack: Stack, ports: dict[str, int], workdir: Path) -> None:
     for name in SERVICES:
         print(f"  {name:<11} http://127.0.0.1:{ports[name]}  (/healthz /readyz /metrics)")
     gateway = f"http://127.0.0.1:{ports['gateway']}"
-    print(f"  logs        {workdir}")
-    print("\nTry it (creates a stream, then follows its events):\n")
+    streamer = f"http://127.0.0.1:{ports['streamer']}"
+    print(f"  logs        {workdir}\n")
+    print(f"  chat page        {gateway}/")
+    print(f"  dashboard        {gateway}/dashboard   (or: sluice top --gateway {gateway})")
+    print(f"  OpenAI base_url  {streamer}/v1")
+    print(f"  control socket   ws://127.0.0.1:{ports['gateway']}/v1/control")
+    print(f"  terminal         sluice chat --gateway {gateway}")
+    print("\nOr with curl (creates a stream, then follows its events):\n")
     print(
         f"  curl -sN \"$(curl -s -X POST {gateway}/v1/streams -H 'Content-Type: application/json' \\\n"
         '      -d \'{"prompt": "hello", "sim": {"tokens": 40}}\' \\\n'
