@@ -24,7 +24,8 @@ def fields(tokens: int, tokens_per_s: float, ttft_ms: int = 50) -> str:
 
 
 def expected_text(prompt: str, tokens: int) -> str:
-    return "".join(islice(sim_tokens(prompt, 0), tokens))
+    """The sim's answer to a conversation whose only message is ``prompt``."""
+    return "".join(islice(sim_tokens(f"user: {prompt}", 0), tokens))
 
 
 async def chat(linked: LinkedStack, page: Any, request_fields: str) -> Any:
@@ -143,3 +144,14 @@ async def test_a_multibyte_prompt_comes_back_in_the_answer(linked: LinkedStack, 
 def _artifact(name: str) -> str:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return str(ARTIFACTS / f"{name}.png")
+
+
+async def test_a_follow_up_carries_the_conversation_so_far(linked: LinkedStack, page: Any) -> None:
+    await chat(linked, page, fields(tokens=10, tokens_per_s=300))
+    await send(page, "what is a weir")
+    await wait_state(page, "done")
+    first = await raw_text(page)
+    await send(page, "and a sluice?")
+    await wait_state(page, "done", "#history .turn:nth-child(2) .answer")
+    conversation = f"user: what is a weir\nassistant: {first}\nuser: and a sluice?"
+    assert await raw_text(page) == "".join(islice(sim_tokens(conversation, 0), 10))

@@ -124,13 +124,26 @@ function startEdit(turn) {
   prompt.focus();
 }
 
-function request(text) {
+/** The conversation the model sees: earlier answered turns (not superseded ones), then `text`. */
+function messages(text, upTo) {
+  const earlier = [];
+  for (const node of history.children) {
+    if (node === upTo) break;
+    const turn = node.querySelector(".answer").turn;
+    if (!turn || node.classList.contains("superseded") || !turn.text) continue;
+    earlier.push({ role: "user", content: turn.prompt.textContent }, { role: "assistant", content: turn.text });
+  }
+  return [...earlier, { role: "user", content: text }];
+}
+
+function request(text, upTo) {
   let extra = {};
   try { extra = options.value.trim() ? JSON.parse(options.value) : {}; } catch { extra = {}; }
-  return { model: "sim", ...extra, prompt: text, conversation_id: conversation, supersede: true };
+  return { model: "sim", ...extra, messages: messages(text, upTo), conversation_id: conversation, supersede: true };
 }
 
 async function submit(text) {
+  const upTo = editing ? editing.node : null;
   if (editing) {
     editing.node.classList.add("superseded");
     if (!editing.stream || editing.answer.dataset.state === "done") {
@@ -144,7 +157,7 @@ async function submit(text) {
   current = turn;
   stop.disabled = false;
   try {
-    turn.stream = await sluice.stream(request(text), {
+    turn.stream = await sluice.stream(request(text, upTo), {
       status: (s) => turn.status(s),
       tokens: (batch) => turn.tokens_(batch),
       done: (d) => turn.done(d),
