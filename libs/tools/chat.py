@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,12 @@ class Session:
             self.answering = None
         self.messages.append({"role": "assistant", "content": "".join(text)})
 
+    def superseded(self) -> None:
+        """The answer in flight gave way to a new prompt (the server ends it ``superseded``)."""
+        self.messages.pop()
+        self.clear_note()
+        print("\n[superseded by the next prompt]", flush=True)
+
     def show(self, event: Status | Token | Reconnecting | Done, text: list[str]) -> None:
         if isinstance(event, Token):
             if not text:
@@ -166,33 +173,67 @@ async def _chat(gateway: str, api_key: str | None, fields: dict[str, Any]) -> in
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, session.interrupt)
         stdin = await _lines()
         print(f"sluice chat on {gateway} (Ctrl-C stops an answer, Ctrl-D exits)")
-        while not session.quit.is_set():
-            sys.stdout.write("\nyou> ")
-            sys.stdout.flush()
-            line = await _until_quit(session, stdin.readline())
-            if line is None or not line:
+        reading = asyncio.ensure_future(stdin.readline())
+        _prompt()
+        while True:
+            typed = await _until_quit(session, reading)
+            if not typed:
                 break
-            prompt = line.decode(errors="replace").strip()
+            reading = asyncio.ensure_future(stdin.readline())
+            prompt = typed.decode(errors="replace").strip()
             if not prompt:
+                _prompt()
                 continue
-            try:
-                await _until_quit(session, session.turn(prompt))
-            except StreamFailed as failed:
-                print(f"\n[error: {failed.type}: {failed.message}]", file=sys.stderr)
+            outcome = await _answer(session, prompt, reading)
+            if outcome == "quit":
+                break
+            if outcome == "answered":
+                _prompt()
+        reading.cancel()
     print()
     return 0
 
 
-async def _until_quit(session: Session, work: Any) -> Any:
-    """``work``'s result, or None once the user asked to quit."""
-    task = asyncio.ensure_future(work)
+def _prompt() -> None:
+    sys.stdout.write("\nyou> ")
+    sys.stdout.flush()
+
+
+async def _answer(session: Session, prompt: str, reading: asyncio.Future[bytes]) -> str:
+    """Stream the answer to ``prompt``; a line typed meanwhile supersedes it.
+
+    Returns ``answered``, ``superseded`` (``reading`` holds the new prompt) or ``quit``.
+    """
+    turn = asyncio.ensure_future(session.turn(prompt))
     quit_ = asyncio.ensure_future(session.quit.wait())
-    await asyncio.wait([task, quit_], return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {turn, reading, quit_}
+    while True:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if turn.done() or quit_.done() or reading.result():
+            break
+        waiting.discard(reading)  # Ctrl-D while answering: exit once the answer is done
     quit_.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
+    if turn.done():
+        try:
+            turn.result()
+        except StreamFailed as failed:
+            print(f"\n[error: {failed.type}: {failed.message}]", file=sys.stderr)
+        return "answered"
+    turn.cancel()
+    with suppress(asyncio.CancelledError):
+        await turn
+    if session.quit.is_set():
+        return "quit"
+    session.superseded()
+    return "superseded"
+
+
+async def _until_quit(session: Session, work: asyncio.Future[bytes]) -> bytes | None:
+    """The line ``work`` reads, or None once the user asked to quit."""
+    quit_: asyncio.Future[Any] = asyncio.ensure_future(session.quit.wait())
+    await asyncio.wait([work, quit_], return_when=asyncio.FIRST_COMPLETED)
+    quit_.cancel()
+    return work.result() if work.done() else None
 
 
 def main(argv: list[str]) -> None:

@@ -126,3 +126,20 @@ async def test_chat_resumes_after_a_dropped_connection_without_repeating_text(
     await expect(terminal, r"\[stop, 150 tokens")
     printed = re.sub(r"\n\[reconnecting: [^\]]*\]\n", "", terminal.output)
     assert printed.count(expected("explain backpressure", 150)) == 1
+
+
+async def test_a_prompt_typed_during_an_answer_supersedes_it(
+    stack: Stack, terminals: list[Terminal]
+) -> None:
+    terminal = chat(terminals, stack.gateway, sim(2000, 40))
+    await expect(terminal, r"you> ")
+    terminal.send("tell me about rivers\n")
+    await expect(terminal, r"On rivers: \S+ \S+")
+    terminal.send("what about weirs\n")
+    superseded = await expect(terminal, r"\[superseded by the next prompt\]")
+    await expect(terminal, r"On weirs: \S+ \S+ \S+ \S+ \S+", superseded.end())
+    assert expected("what about weirs", 6) in terminal.output[superseded.end() :]
+    terminal.send("\x03")
+    await expect(terminal, r"\[cancelled, \d+ tokens", superseded.end())
+    terminal.send("\x04")
+    assert await asyncio.to_thread(terminal.wait) == 0
