@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from itertools import islice
 from typing import Any
 
+import aiohttp
 import pytest
 
+from libs.client.http import SluiceClient
+from libs.common.settings import Settings
 from libs.tools.browser import answer_timings, open_chat, stop_timing
 from services.runner.backends.sim import sim_tokens
 from tests.browser.conftest import ARTIFACTS
@@ -155,3 +159,27 @@ async def test_a_follow_up_carries_the_conversation_so_far(linked: LinkedStack, 
     await wait_state(page, "done", "#history .turn:nth-child(2) .answer")
     conversation = f"user: what is a weir\nassistant: {first}\nuser: and a sluice?"
     assert await raw_text(page) == "".join(islice(sim_tokens(conversation, 0), 10))
+
+
+async def test_a_queued_answer_shows_its_position_then_runs(linked: LinkedStack, page: Any) -> None:
+    """Every runner slot is held by a slow stream: the page's answer waits in line, visibly."""
+    hold = {"tokens": 10_000, "tokens_per_s": 1, "ttft_ms": 0}
+    async with aiohttp.ClientSession() as session:
+        api = SluiceClient(session, linked.stack.gateway)
+        blockers = await asyncio.gather(
+            *(
+                api.create(prompt="hold", sim=hold, max_tokens=10_000, abandon_after_s=None)
+                for _ in range(Settings().runner_slots)
+            )
+        )
+        try:
+            await chat(linked, page, fields(tokens=10, tokens_per_s=300))
+            await send(page, "is it my turn")
+            await wait_state(page, "queued")
+            assert await page.text_content(f"{LAST_ANSWER} .state") == "queued · position 1"
+            await page.screenshot(path=_artifact("queued_position"), full_page=True)
+            await api.cancel(blockers[0]["id"])
+            await wait_state(page, "done")
+        finally:
+            await asyncio.gather(*(api.cancel(blocker["id"]) for blocker in blockers))
+    assert await raw_text(page) == expected_text("is it my turn", 10)
