@@ -37,9 +37,12 @@ def terminals() -> Iterator[list[Terminal]]:
         terminal.close()
 
 
-def chat(terminals: list[Terminal], gateway: str, request: str) -> Terminal:
+async def chat(terminals: list[Terminal], gateway: str, request: str, prompt: str) -> Terminal:
+    """``sluice chat`` on a pty, with ``prompt`` typed at its first prompt."""
     terminal = Terminal(["chat", "--gateway", gateway, "--request", request])
     terminals.append(terminal)
+    await expect(terminal, r"you> ")
+    terminal.send(prompt + "\n")
     return terminal
 
 
@@ -81,9 +84,7 @@ async def test_ask_exits_non_zero_with_the_error_on_a_refusal(stack: Stack) -> N
 async def test_chat_streams_the_answer_and_exits_on_ctrl_d(
     stack: Stack, terminals: list[Terminal]
 ) -> None:
-    terminal = chat(terminals, stack.gateway, sim(80, 400))
-    await expect(terminal, r"you> ")
-    terminal.send("how do I read a file in python?\n")
+    terminal = await chat(terminals, stack.gateway, sim(80, 400), "how do I read a file in python?")
     done = await expect(terminal, r"\[stop, 80 tokens[^\]]*tokens/s\]")
     assert expected("how do I read a file in python?", 80) in terminal.output
     assert "def read_file(items):" in terminal.output
@@ -95,9 +96,7 @@ async def test_chat_streams_the_answer_and_exits_on_ctrl_d(
 async def test_ctrl_c_stops_the_answer_and_a_second_one_exits(
     stack: Stack, terminals: list[Terminal]
 ) -> None:
-    terminal = chat(terminals, stack.gateway, sim(2000, 40))
-    await expect(terminal, r"you> ")
-    terminal.send("tell me about rivers\n")
+    terminal = await chat(terminals, stack.gateway, sim(2000, 40), "tell me about rivers")
     await expect(terminal, r"On rivers: \S+ \S+ \S+")
     terminal.send("\x03")
     stopped = await expect(terminal, r"\[cancelled, (\d+) tokens[^\]]*cancel to stop \d+ ms\]")
@@ -114,9 +113,7 @@ async def test_ctrl_c_stops_the_answer_and_a_second_one_exits(
 async def test_chat_resumes_after_a_dropped_connection_without_repeating_text(
     linked: LinkedStack, terminals: list[Terminal]
 ) -> None:
-    terminal = chat(terminals, linked.stack.gateway, sim(150, 50))
-    await expect(terminal, r"you> ")
-    terminal.send("explain backpressure\n")
+    terminal = await chat(terminals, linked.stack.gateway, sim(150, 50), "explain backpressure")
     await expect(terminal, r"On explain and backpressure: \S+ \S+ \S+ \S+")
     linked.link.cut()
     try:
@@ -131,9 +128,7 @@ async def test_chat_resumes_after_a_dropped_connection_without_repeating_text(
 async def test_a_prompt_typed_during_an_answer_supersedes_it(
     stack: Stack, terminals: list[Terminal]
 ) -> None:
-    terminal = chat(terminals, stack.gateway, sim(2000, 40))
-    await expect(terminal, r"you> ")
-    terminal.send("tell me about rivers\n")
+    terminal = await chat(terminals, stack.gateway, sim(2000, 40), "tell me about rivers")
     await expect(terminal, r"On rivers: \S+ \S+")
     terminal.send("what about weirs\n")
     superseded = await expect(terminal, r"\[superseded by the next prompt\]")
