@@ -79,13 +79,13 @@ FAST_ENV = {
 
 
 @pytest.fixture(scope="module")
-async def linked(
-    servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LinkedStack]:
-    """A suite of its own whose clients reach the streamer through a link a test can cut.
+async def linked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LinkedStack]:
+    """A suite of its own (NATS and Redis too) whose streamer clients reach through a link.
 
-    The chat page of its gateway reads SSE from the link's origin, as under ``sluice dev``.
+    A test can cut the link: a network loss. The chat page of its gateway reads SSE from
+    the link's origin, as under ``sluice dev``.
     """
+    tmp = tmp_path_factory.mktemp("linked-stack")
     ports = {name: free_port() for name in SERVICES}
     link = await CuttableLink(ports["streamer"]).start()
     env = {
@@ -93,13 +93,14 @@ async def linked(
         "SLUICE_PUBLIC_STREAMER_URL": link.url,
         "SLUICE_CORS_ORIGINS": page_origins(ports["gateway"]),
     }
-    suite = Stack(*servers, tmp_path_factory.mktemp("linked-stack"), env=env)
-    await asyncio.to_thread(suite.start, ports)
-    try:
-        yield LinkedStack(suite, link)
-    finally:
-        await asyncio.to_thread(suite.stop)
-        await link.stop()
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
+        await asyncio.to_thread(suite.start, ports)
+        try:
+            yield LinkedStack(suite, link)
+        finally:
+            await asyncio.to_thread(suite.stop)
+            await link.stop()
 
 
 @pytest.fixture

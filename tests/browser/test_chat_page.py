@@ -175,8 +175,10 @@ async def test_a_queued_answer_shows_its_position_then_runs(linked: LinkedStack,
         try:
             await chat(linked, page, fields(tokens=10, tokens_per_s=300))
             await send(page, "is it my turn")
-            await wait_state(page, "queued")
-            assert await page.text_content(f"{LAST_ANSWER} .state") == "queued · position 1"
+            await page.wait_for_selector(
+                f"{LAST_ANSWER}[data-state='queued'] .state:text-is('queued · position 1')",
+                timeout=WAIT_MS,
+            )
             await page.screenshot(path=_artifact("queued_position"), full_page=True)
             await api.cancel(blockers[0]["id"])
             await wait_state(page, "done")

@@ -12,7 +12,7 @@ import pytest
 
 from libs.client import Client
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV
+from tests.conftest import FAST_ENV, own_servers
 
 pytestmark = pytest.mark.timeout(180)
 STREAMS = 30
@@ -20,16 +20,16 @@ BUCKET_WIDTH = 2 ** (1 / 8) - 1  # the histograms' relative bucket width
 
 
 @pytest.fixture(scope="module")
-async def quiet(
-    servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    """A suite of its own, so the dashboard's window holds only this module's streams."""
-    suite = Stack(*servers, tmp_path_factory.mktemp("percentiles"), env=dict(FAST_ENV))
-    await asyncio.to_thread(suite.start)
-    try:
-        yield suite
-    finally:
-        await asyncio.to_thread(suite.stop)
+async def quiet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """A suite of its own (NATS too), so the dashboard hears only this module's streams."""
+    tmp = tmp_path_factory.mktemp("percentiles")
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=dict(FAST_ENV))
+        await asyncio.to_thread(suite.start)
+        try:
+            yield suite
+        finally:
+            await asyncio.to_thread(suite.stop)
 
 
 async def dashboard_when(

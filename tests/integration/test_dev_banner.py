@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from libs.tools.servers import child_env, free_port
+from tests.conftest import own_servers
 
 pytestmark = pytest.mark.timeout(120)
 SERVICES = ("gateway", "streamer", "coordinator", "runner")
@@ -33,17 +34,21 @@ def read_banner(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
     raise AssertionError("no banner:\n" + "".join(lines))
 
 
-def test_dev_prints_the_page_urls_and_a_moved_port(
-    servers: tuple[str, str], tmp_path: Path
-) -> None:
+def test_dev_prints_the_page_urls_and_a_moved_port(tmp_path: Path) -> None:
+    with own_servers(tmp_path / "servers") as (nats, redis):
+        run_dev_with_a_taken_gateway_port(nats.url, f"{redis.url}/0", tmp_path)
+
+
+def run_dev_with_a_taken_gateway_port(nats_url: str, redis_url: str, tmp_path: Path) -> None:
+    """The dev suite on its own NATS and Redis, so its runner never joins another suite."""
     ports = {name: free_port() for name in SERVICES}
     taken = socket.socket()
     taken.bind(("127.0.0.1", ports["gateway"]))
     taken.listen()
     env = {f"SLUICE_{name.upper()}_PORT": str(port) for name, port in ports.items()}
-    env |= {"SLUICE_NATS_URL": servers[0], "SLUICE_REDIS_URL": servers[1]}
+    env |= {"SLUICE_NATS_URL": nats_url, "SLUICE_REDIS_URL": redis_url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "libs.tools.cli", "dev", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "libs.tools.cli", "dev", "--workdir", str(tmp_path / "dev")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
