@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from libs.common.connections import connect_nats, connect_redis
+from libs.common.cors import Cors
 from libs.common.direct_nats import DirectNATS
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
@@ -81,6 +82,7 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SERVICE_NAME] = service
+    Cors(settings.cors_origins).install(app)
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

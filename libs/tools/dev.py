@@ -9,7 +9,6 @@ so does the death of any of them: it says which one died and exits non-zero.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from libs.common.settings import load_settings
+from libs.tools import helptext
 from libs.tools.servers import (
     Server,
     free_port,
@@ -64,7 +64,7 @@ def _ensure(kind: str, url: str, workdir: Path, started: list[Server]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sluice dev", description=__doc__)
+    parser = helptext.parser("sluice dev", __doc__, paragraphs=2)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="logs and data (default: a temp dir)"
     )
@@ -85,6 +85,9 @@ def main(argv: list[str]) -> None:
         ports = {
             name: port if port_is_free(port) else free_port() for name, port in defaults.items()
         }
+        for name, port in ports.items():
+            if port != defaults[name]:
+                print(f"  {name:<11} port {defaults[name]} is taken: moved to {port}")
         stack = Stack(nats_url, redis_url, workdir)
         stack.env["SLUICE_PUBLIC_GATEWAY_URL"] = f"http://127.0.0.1:{ports['gateway']}"
         stack.env["SLUICE_PUBLIC_STREAMER_URL"] = f"http://127.0.0.1:{ports['streamer']}"
@@ -108,8 +111,14 @@ def _banner(stack: Stack, ports: dict[str, int], workdir: Path) -> None:
     for name in SERVICES:
         print(f"  {name:<11} http://127.0.0.1:{ports[name]}  (/healthz /readyz /metrics)")
     gateway = f"http://127.0.0.1:{ports['gateway']}"
-    print(f"  logs        {workdir}")
-    print("\nTry it (creates a stream, then follows its events):\n")
+    streamer = f"http://127.0.0.1:{ports['streamer']}"
+    print(f"  logs        {workdir}\n")
+    print(f"  chat page        {gateway}/")
+    print(f"  dashboard        {gateway}/dashboard   (or: sluice top --gateway {gateway})")
+    print(f"  OpenAI base_url  {streamer}/v1")
+    print(f"  control socket   ws://127.0.0.1:{ports['gateway']}/v1/control")
+    print(f"  terminal         sluice chat --gateway {gateway}")
+    print("\nOr with curl (creates a stream, then follows its events):\n")
     print(
         f"  curl -sN \"$(curl -s -X POST {gateway}/v1/streams -H 'Content-Type: application/json' \\\n"
         '      -d \'{"prompt": "hello", "sim": {"tokens": 40}}\' \\\n'

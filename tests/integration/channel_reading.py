@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from libs.tools.client import Received
+from libs.client.http import Received
 from tests.integration.helpers import tokens
 
 

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 import redis
 
+from libs.client.http import SluiceClient, StreamRefused, events
 from libs.common.auth import mint_read_token, new_stream_id
-from libs.tools.client import SluiceClient, StreamRefused, events
 from libs.tools.stack import Stack
 from tests.integration.helpers import read_stream, sim
 

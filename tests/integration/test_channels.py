@@ -15,7 +15,7 @@ import openai
 import pydantic
 import pytest
 
-from libs.tools.client import Received, SluiceClient, events
+from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.integration.channel_reading import accumulate
 from tests.integration.helpers import final, read_stream, sim, text, tokens

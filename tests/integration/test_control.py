@@ -13,9 +13,9 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import Received, SluiceClient
 from libs.common.store import StreamStore
 from libs.common.wire import Done, tokens_codec
-from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens

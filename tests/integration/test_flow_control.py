@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from libs.client.http import Received, SluiceClient, StreamRefused, events
 from libs.common.service import LISTEN_BACKLOG
 from libs.common.settings import Settings
 from libs.tools.bench.stats import percentile
-from libs.tools.client import Received, SluiceClient, StreamRefused, events
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import final, metric, read_stream, sim, text, tokens

@@ -19,8 +19,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from libs.client.http import Received, SluiceClient, events
 from libs.common.sse import SSEParser
-from libs.tools.client import Received, SluiceClient, events
 from libs.tools.servers import Server, ServerError, find_binary, free_port
 from libs.tools.stack import Stack
 from tests.conftest import stack_with_models

@@ -12,8 +12,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from libs.client.http import SluiceClient
 from libs.common.sse import SSEParser
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import read_stream, sim, text
 

@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from openai.types.chat import ChatCompletion
 
-from libs.tools.client import Received, SluiceClient, events
+from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.conftest import stack_with_models
 from tests.integration.channel_reading import accumulate

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from libs.tools.client import SluiceClient, events
+from libs.client.http import SluiceClient, events
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 

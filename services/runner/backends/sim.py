@@ -1,7 +1,10 @@
 """The simulated model: deterministic text, shaped per request, timed like a real one.
 
 The text is a pure function of the prompt and ``sim.seed``, so two runs (or two
-runners) produce the same answer; tokens follow an absolute schedule
+runners) produce the same answer. It reads its prompt the way a demo needs: the
+answer opens on the prompt's own words (any script, so UTF-8 round-trips end to
+end), a question about code gets a fenced code block, and the prose after that keeps
+mentioning the prompt's words. Tokens follow an absolute schedule
 (``ttft_ms`` then ``1/tokens_per_s`` apart) so a slow consumer never slows the model.
 
 Like a batched model server, one decode loop serves every sequence of the runner:
@@ -26,6 +29,7 @@ from libs.common.api import SimParams
 from libs.common.wire import Submit
 from services.runner.backends import Outcome, TokenSink
 from services.runner.backends.sim_channels import ChanneledSink, shaped_body
+from services.runner.backends.sim_code import code_block, code_language
 
 WORDS = [
     "the",
@@ -95,12 +99,117 @@ TICK_S = 0.001
 MAX_PER_TICK = 64  # tokens one sequence may emit per tick when it is behind
 
 
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "do",
+        "does",
+        "did",
+        "i",
+        "you",
+        "me",
+        "my",
+        "we",
+        "it",
+        "its",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "and",
+        "or",
+        "how",
+        "what",
+        "why",
+        "when",
+        "where",
+        "which",
+        "who",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "please",
+        "tell",
+        "about",
+        "this",
+        "that",
+        "there",
+        "here",
+        "some",
+        "any",
+        "write",
+        "show",
+        "give",
+        "make",
+        "use",
+        "using",
+        "need",
+        "want",
+        "help",
+    ]
+)
+PROMPT_WORDS = 12
+PROMPT_SHARE = 0.06  # of the prose's words, after the opening, that come from the prompt
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """The distinctive words of the last user turn, in order, punctuation trimmed, any script kept.
+
+    A conversation reaches the sim as ``role: text`` lines; like a chat model, it answers
+    the last user message.
+    """
+    head, marker, last = prompt.rpartition("user: ")
+    if marker and (not head or head.endswith("\n")):
+        prompt = last
+    words: list[str] = []
+    for raw in prompt.split():
+        word = raw.strip(".,;:!?\"'()[]{}<>`*")
+        if not word or word.lower() in STOPWORDS or (word.isascii() and len(word) < 2):
+            continue
+        if word not in words:
+            words.append(word)
+    return words[:PROMPT_WORDS]
+
+
 def sim_tokens(prompt: str, seed: int) -> Iterator[str]:
-    """The endless deterministic token sequence for ``prompt`` and ``seed``."""
+    """The endless deterministic token sequence for ``prompt`` and ``seed``.
+
+    An opening that names the prompt's words, a code block when the prompt asks
+    about code, then prose drawn from :data:`SPELLINGS` and the prompt's words.
+    """
     digest = hashlib.blake2b(f"{seed}\x00{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
-    while True:  # drawn 64 at a time from every spelling: a fifth of two draws per token
-        yield from rng.choices(SPELLINGS, k=64)
+    words = prompt_words(prompt)
+    if words:
+        yield from _opening(words)
+    language = code_language(words)
+    if language is not None:
+        yield from code_block(language, words)
+    pool = SPELLINGS
+    if words:
+        copies = max(1, round(len(SPELLINGS) * PROMPT_SHARE / len(words)))
+        pool = SPELLINGS + [f" {word}" for word in words] * copies
+    while True:  # drawn 64 at a time: a fifth of two draws per token
+        yield from rng.choices(pool, k=64)
+
+
+def _opening(words: list[str]) -> list[str]:
+    named = [f" {word}," for word in words[:-1]] + [f" {words[-1]}:"]
+    if len(named) > 1:
+        named[-2] = named[-2].rstrip(",")
+        named.insert(-1, " and")
+    return [" On", *named]
 
 
 class Answer:

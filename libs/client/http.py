@@ -1,7 +1,8 @@
-"""A small async client of the public contract, for the tests and the benchmark.
+"""The contract's HTTP calls and SSE events, one call each, stamped with receive times.
 
 It speaks HTTP and SSE exactly as a browser would (the WHATWG parser in
-:mod:`libs.common.sse`), and stamps each event with its receive time.
+:mod:`libs.common.sse`). The tests and the benchmark use it where they need each
+raw event; :mod:`libs.client.stream` builds resume and control on it for programs.
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ async def events(
     url: str,
     last_event_id: str | None = None,
     read_chunk: int = 65536,
+    read_timeout_s: float | None = None,
 ) -> AsyncIterator[Received]:
-    """Follow an SSE URL until the server closes it, yielding events as they arrive."""
+    """Follow an SSE URL until the server closes it, yielding events as they arrive.
+
+    ``read_timeout_s`` bounds the silence between two chunks (the server pings while
+    a stream is quiet), so a connection that died without a word is noticed.
+    """
     headers = {"Accept": "text/event-stream"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
     async with session.get(url, headers=headers, timeout=timeout) as response:
         if response.status != 200:
             body = await response.read()
