@@ -46,3 +46,19 @@ bench: $(STAMP) ## Benchmark: starts its own suite unless --gateway is given (se
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Container image, dependency lock, compose stack (podman; docs/deploy.md) ---------
+.PHONY: lock image prometheusrule
+IMAGE ?= sluice:local
+LOCK  := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+         --custom-compile-command 'make lock'
+
+lock: $(STAMP) ## Re-resolve requirements.lock and requirements-build.lock, every dependency hashed
+	$(LOCK) pyproject.toml -o requirements.lock
+	printf 'setuptools>=69\n' | $(LOCK) - -o requirements-build.lock
+
+image: ## Build the image with podman, on a local Debian base when no registry answers
+	deploy/docker/build-image.sh $(IMAGE)
+
+prometheusrule: $(STAMP) ## Regenerate the Kubernetes PrometheusRule from deploy/prometheus/alerts.yml
+	$(BIN)/python deploy/prometheus/to_prometheusrule.py > deploy/k8s/components/servicemonitor/prometheusrule.yaml
