@@ -64,3 +64,14 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 def sluice_variables(text: str) -> set[str]:
     return set(re.findall(r"\bSLUICE_[A-Z0-9_]*[A-Z0-9]\b", text))
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_value(deployment: dict[str, Any], name: str) -> str | None:
+    return next(
+        (e["value"] for e in container(deployment).get("env", []) if e["name"] == name), None
+    )
