@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -75,3 +76,18 @@ def env_value(deployment: dict[str, Any], name: str) -> str | None:
     return next(
         (e["value"] for e in container(deployment).get("env", []) if e["name"] == name), None
     )
+
+
+PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(DEPLOY / "docker" / "containers.conf")}
+
+
+def podman(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """podman with the repository's containers.conf, as `make image` runs it."""
+    done = subprocess.run(
+        ["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert done.returncode == 0, f"podman {' '.join(args)}:\n{done.stdout}{done.stderr}"
+    return done

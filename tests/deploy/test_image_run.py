@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from deploy_support import DEPLOY, ROOT, SERVICES
+from deploy_support import DEPLOY, PODMAN_ENV, ROOT, SERVICES, podman
 
 from libs.tools.servers import Server, free_port, nats_server, redis_server
 
@@ -26,18 +26,6 @@ pytestmark = [
 ]
 
 IMAGE = "localhost/sluice:deploy-test"
-PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(DEPLOY / "docker" / "containers.conf")}
-
-
-def podman(
-    *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, timeout=timeout
-    )
-    if check:
-        assert done.returncode == 0, f"podman {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done
 
 
 @pytest.fixture(scope="module")
