@@ -120,7 +120,7 @@ def restricted(pod: dict[str, Any]) -> bool:
     context = pod.get("securityContext", {})
     for spec in pod["containers"]:
         own = spec.get("securityContext", {})
-        if not (own.get("runAsNonRoot", context.get("runAsNonRoot")) is True):
+        if own.get("runAsNonRoot", context.get("runAsNonRoot")) is not True:
             return False
         if own.get("allowPrivilegeEscalation") is not False:
             return False
