@@ -60,7 +60,9 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when both NATS and Redis answer; 503 otherwise, naming what failed."""
     checks = {"nats": request.app[NATS_CLIENT].is_connected, "redis": False}
     try:
-        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), READY_REDIS_TIMEOUT_S))
+        checks["redis"] = bool(
+            await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), READY_REDIS_TIMEOUT_S)
+        )
     except Exception as exc:
         log.warning("redis not ready: %s", exc)
     ready = all(checks.values())
