@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("dev", "prod")
@@ -91,3 +93,28 @@ def podman(
     if check:
         assert done.returncode == 0, f"podman {' '.join(args)}:\n{done.stdout}{done.stderr}"
     return done
+
+
+IMAGE_TESTS_VARIABLE = "SLUICE_IMAGE_TESTS"
+
+
+def image_test_marks() -> list[pytest.MarkDecorator]:
+    """Marks of the tests that build and run the image with podman.
+
+    They take minutes on a cold machine (docs/deploy.md, "Checks"), so they run only when
+    SLUICE_IMAGE_TESTS=1; asked for without podman, they fail rather than pass unseen.
+    """
+    wanted = os.environ.get(IMAGE_TESTS_VARIABLE) == "1"
+    if wanted and shutil.which("podman") is None:
+        raise RuntimeError(
+            f"{IMAGE_TESTS_VARIABLE}=1 but podman is not installed "
+            "(Debian packages podman, runc, debootstrap)"
+        )
+    return [
+        pytest.mark.image,
+        pytest.mark.timeout(900),
+        pytest.mark.skipif(
+            not wanted,
+            reason=f"builds and runs the image with podman: set {IMAGE_TESTS_VARIABLE}=1",
+        ),
+    ]

@@ -1,15 +1,14 @@
 """`make compose-up`: docker-compose.yml's stack, run with podman-compose, streams through
 its edge: an answer end to end, a resume after a cut, a cancel.
 
-Marked `image` (it builds the image, and stand-ins when no registry answers); skipped
-without podman.
+Marked `image` (it builds the image, and stand-ins when no registry answers): it runs
+only with SLUICE_IMAGE_TESTS=1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,16 +16,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from deploy_support import DEPLOY, PODMAN_ENV, ROOT
+from deploy_support import DEPLOY, PODMAN_ENV, ROOT, image_test_marks
 
 from libs.tools.client import Received, SluiceClient, StreamRefused, events
 from libs.tools.servers import free_port
 
-pytestmark = [
-    pytest.mark.image,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
-]
+pytestmark = image_test_marks()
 
 PODMAN_COMPOSE = str(Path(sys.executable).with_name("podman-compose"))
 STARTUP_S = 120.0

@@ -1,29 +1,24 @@
 """The image as shipped: built by `make image` with podman, each service run from it.
 
-Marked `image`: it builds the image (a few minutes on a cold cache) and needs podman;
-without podman it skips, saying so. `pytest -m "not image"` leaves it out.
+Marked `image`: it builds the image (minutes on a cold machine) with podman, so it
+runs only with SLUICE_IMAGE_TESTS=1 (see deploy_support.image_test_marks).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from deploy_support import DEPLOY, PODMAN_ENV, ROOT, SERVICES, podman
+from deploy_support import DEPLOY, PODMAN_ENV, ROOT, SERVICES, image_test_marks, podman
 
 from libs.tools.servers import Server, free_port, nats_server, redis_server
 
-pytestmark = [
-    pytest.mark.image,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
-]
+pytestmark = image_test_marks()
 
 IMAGE = "localhost/sluice:deploy-test"
 
