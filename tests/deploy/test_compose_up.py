@@ -11,6 +11,9 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -47,12 +50,35 @@ def edge() -> Iterator[str]:
     project, port = f"sluice-test-{os.getpid()}", free_port()
     try:
         compose(project, port, str(DEPLOY / "compose" / "up.sh"), timeout=840)
-        yield f"http://localhost:{port}"
+        origin = f"http://localhost:{port}"
+        wait_until_served(origin)
+        yield origin
     finally:
         compose(
             project, port, PODMAN_COMPOSE, "-f", "docker-compose.yml",
             "-f", "deploy/compose/standins.yml", "down", "--volumes", timeout=300,
         )  # fmt: skip
+
+
+def wait_until_served(origin: str) -> None:
+    """Until the edge reaches both upstreams: the streamer (/v1/models) and the gateway
+    (a stream that does not exist: its JSON 404, not the edge's 502)."""
+    deadline = time.monotonic() + STARTUP_S
+    probes = {"/v1/models": 200, "/v1/streams/st_0": 404}
+    answers: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        for path in probes:
+            try:
+                with urllib.request.urlopen(origin + path, timeout=3) as answer:
+                    answers[path] = answer.status
+            except urllib.error.HTTPError as refused:
+                answers[path] = refused.code
+            except OSError as exc:
+                answers[path] = exc
+        if all(answers.get(path) == expected for path, expected in probes.items()):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the edge did not reach the services within {STARTUP_S}s: {answers}")
 
 
 @pytest.fixture
