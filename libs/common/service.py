@@ -53,11 +53,17 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
 
 
+# How long /readyz waits on Redis; the Kubernetes readiness probes' timeouts exceed it.
+READY_REDIS_TIMEOUT_S = 1.0
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready when both NATS and Redis answer; 503 otherwise, naming what failed."""
     checks = {"nats": request.app[NATS_CLIENT].is_connected, "redis": False}
     try:
-        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), 1.0))
+        checks["redis"] = bool(
+            await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), READY_REDIS_TIMEOUT_S)
+        )
     except Exception as exc:
         log.warning("redis not ready: %s", exc)
     ready = all(checks.values())
