@@ -117,6 +117,7 @@ async def test_connections_opened_during_an_outage_are_cut_until_it_ends() -> No
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(reader.read(), 5)
+        writer.close()
         await asyncio.sleep(1.0)
         assert await round_trip_s(port, 1) < 0.5
 
