@@ -37,11 +37,15 @@ class NativeFrames:
     def opening(self) -> bytes:
         return sse.RETRY
 
+    def event(self, name: str, payload: dict[str, object], last_seq: int | None = None) -> bytes:
+        """One event of the dialect; ``last_seq`` is the index of its last token, if any."""
+        return sse.json_frame(name, payload, last_seq)
+
     def status(self, change: StatusChange) -> bytes:
         payload: dict[str, object] = {"status": change.status}
         if change.position is not None:
             payload["position"] = change.position
-        return sse.json_frame("status", payload)
+        return self.event("status", payload)
 
     def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
         return sse.token_frame(last_seq, texts, ts)
@@ -49,13 +53,13 @@ class NativeFrames:
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         if isinstance(terminal, Done):
             payload = {k: v for k, v in _fields(terminal).items() if v is not None}
-            return sse.json_frame("done", payload, last_seq)
+            return self.event("done", payload, last_seq)
         error = {
             "type": terminal.type,
             "message": terminal.message,
             "retryable": terminal.retryable,
         }
-        return sse.json_frame("error", error)
+        return self.event("error", error)
 
     def ping(self) -> bytes:
         return PING % int(time.time() * 1000)

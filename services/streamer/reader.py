@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 
@@ -28,7 +28,8 @@ from libs.common.retry import TRANSIENT
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessage
-from services.streamer.direct import FRESH_NS, ClientSocket, LiveWrites
+from services.streamer.direct import FRESH_NS, ClientSocket, Envelope, LiveWrites, chunk
+from services.streamer.flush import ADAPTIVE, Flush
 from services.streamer.frames import NATIVE_FRAMES, Frames
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,19 @@ class ClientSink(Protocol):
     """Where a reader's bytes go: an aiohttp ``StreamResponse``, or a stand-in."""
 
     async def write(self, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class EnvelopedSink(ClientSink, Protocol):
+    """A sink that wraps what it writes, so direct writes must be wrapped alike."""
+
+    def envelope(self, frame: bytes) -> bytes: ...
+
+
+def envelope_of(sink: ClientSink) -> Envelope | None:
+    if isinstance(sink, web.StreamResponse):
+        return chunk if sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" else None
+    return sink.envelope if isinstance(sink, EnvelopedSink) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,7 @@ class Reader:
         after_seq: int,
         limits: ReaderLimits,
         frames: Frames = NATIVE_FRAMES,
+        flush: Flush = ADAPTIVE,
     ) -> None:
         self.stream_id = stream_id
         self.sent = after_seq
@@ -124,8 +139,10 @@ class Reader:
         self._store = store
         self._limits = limits
         self._frames = frames
+        self._flush = flush
         self._pending = Pending()
         self._timing = Timing.starting_now()
+        self._timing.min_interval_s = flush.interval_s
         self._wake = asyncio.Event()
         self._parked = False
         self._gone = False
@@ -225,7 +242,13 @@ class Reader:
             self._wake.set()
 
     def pace(self, max_events_per_s: float) -> None:
-        self._timing.min_interval_s = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        paced = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        self._timing.min_interval_s = max(paced, self._flush.interval_s)
+        self._wake.set()
+
+    def hang_up(self) -> None:
+        """The client closed its side (a WebSocket's close frame): stop at the next step."""
+        self._gone = True
         self._wake.set()
 
     def close_for_shutdown(self) -> None:
@@ -238,9 +261,8 @@ class Reader:
         The native endpoint calls this before subscribing, so the event does not wait
         for the subscription's round trip to NATS, which queues behind live traffic.
         """
-        sink = self._sink
-        if self._socket is not None and isinstance(sink, web.StreamResponse):
-            self._socket.chunked = sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        if self._socket is not None:
+            self._socket.envelope = envelope_of(self._sink)
         self.status(first_status)
         try:
             await self._write(self._frames.opening() + b"".join(self._pending.statuses))
@@ -264,12 +286,13 @@ class Reader:
 
     async def _serve(self) -> str:
         try:
-            while True:
+            while not self._gone:
                 if await self._step():
                     return "done"
                 if self._pending.closing:
                     await self._write(self._frames.reconnect())
                     return "shutdown"
+            return "slow_consumer" if self._stalled else "client_gone"
         except ClientGone:
             return "client_gone"
         except SlowConsumer:
@@ -346,7 +369,13 @@ class Reader:
     def _token_frame(self, texts: list[str], ts: int) -> bytes:
         """The frame for the next ``texts``, counted as sent."""
         last = self.sent + len(texts)
-        frame = self._frames.tokens(last, texts, ts)
+        if self._flush.per_token:
+            first = self.sent + 1
+            frame = b"".join(
+                self._frames.tokens(first + i, [text], ts) for i, text in enumerate(texts)
+            )
+        else:
+            frame = self._frames.tokens(last, texts, ts)
         self.sent = last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)

@@ -1,0 +1,74 @@
+"""The WebSocket dialect of a stream: the native events as JSON text messages.
+
+Each event is one message, ``{"type": <event>, ...}`` with the SSE event's data;
+an event that carries tokens has ``seq``, the index of its last token, where SSE has
+``id``. The reader's frames are built as lines and :class:`WebSocketSink` sends each
+line as one unmasked text message written straight to the transport, so that the
+reader's fast path, its flow control and its reset work on a WebSocket as on SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import msgspec
+
+from services.streamer.frames import NativeFrames
+
+TEXT_FIN = 0x81
+TOKEN = b'{"type":"token","seq":%d,"n":%d,"text":%s,"ts":%d}\n'
+_json = msgspec.json.Encoder()
+
+
+def text_message(payload: bytes) -> bytes:
+    """A server's (unmasked) WebSocket text frame carrying ``payload`` (RFC 6455 5.2)."""
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", TEXT_FIN, size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", TEXT_FIN, 126, size)
+    else:
+        head = struct.pack("!BBQ", TEXT_FIN, 127, size)
+    return head + payload
+
+
+class SocketFrames(NativeFrames):
+    """The native events, one JSON object per line."""
+
+    def opening(self) -> bytes:
+        return b""
+
+    def event(self, name: str, payload: dict[str, object], last_seq: int | None = None) -> bytes:
+        head: dict[str, object] = {"type": name}
+        if last_seq is not None:
+            head["seq"] = last_seq
+        return _json.encode({**head, **payload}) + b"\n"
+
+    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
+        return TOKEN % (last_seq, len(texts), _json.encode("".join(texts)), ts)
+
+    def ping(self) -> bytes:
+        return self.event("ping", {"t": int(time.time() * 1000)})
+
+    def reconnect(self) -> bytes:
+        return self.event("reconnect", {})
+
+
+SOCKET_FRAMES = SocketFrames()
+
+
+class WebSocketSink:
+    """Writes a reader's lines as text messages on the upgraded connection's transport."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def envelope(self, frame: bytes) -> bytes:
+        return b"".join(text_message(line) for line in frame.splitlines())
+
+    async def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        self._transport.write(self.envelope(data))
