@@ -1,8 +1,8 @@
 """The WebSocket dialect of a stream: the native events as JSON text messages.
 
-Each event is one message, ``{"type": <event>, ...}`` with the SSE event's data;
-an event that carries tokens has ``seq``, the index of its last token, where SSE has
-``id``. The reader's frames are built as lines and :class:`WebSocketSink` sends each
+Each event is one message, ``{"type": <event>, ...}`` with the SSE event's data
+(an ``error``'s data under ``"error"``, as on ``/v1/control``); an event that carries
+tokens has ``seq``, the index of its last token, where SSE has ``id``. The reader's frames are built as lines and :class:`WebSocketSink` sends each
 line as one unmasked text message written straight to the transport, so that the
 reader's fast path, its flow control and its reset work on a WebSocket as on SSE.
 """
@@ -41,6 +41,8 @@ class SocketFrames(NativeFrames):
         return b""
 
     def event(self, name: str, payload: dict[str, object], last_seq: int | None = None) -> bytes:
+        if name == "error":
+            return _json.encode({"type": "error", "error": payload}) + b"\n"
         head: dict[str, object] = {"type": name}
         if last_seq is not None:
             head["seq"] = last_seq

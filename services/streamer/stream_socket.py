@@ -70,8 +70,7 @@ async def stream_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     transport = request.transport
     if opening.meta is None or transport is None:
-        error = {"type": EXPIRED.type, "message": EXPIRED.message, "retryable": False}
-        await ws.send_json({"type": "error", "error": error})
+        await ws.send_str(SOCKET_FRAMES.terminal(EXPIRED, opening.after).decode())
         await ws.close()
         return ws
     reader = reader_for(request, opening, WebSocketSink(transport), SOCKET_FRAMES)
