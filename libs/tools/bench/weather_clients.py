@@ -133,13 +133,18 @@ async def create(
 
 
 async def submit_on_control(
-    session: aiohttp.ClientSession, routes: Routes, body: dict[str, Any]
+    session: aiohttp.ClientSession, routes: Routes, body: dict[str, Any], seen: Seen
 ) -> dict[str, Any]:
-    """Submit on the gateway's control socket and take its ack, again after a failure."""
+    """Submit on the gateway's control socket and take its ack, again after a failure.
+
+    The page holds that socket open before the user presses send, so the clock starts
+    once it is open.
+    """
     url = routes.gateway.replace("http", "ws", 1) + "/v1/control"
     while True:
         try:
             async with session.ws_connect(url) as ws:
+                seen.sent_ns = seen.sent_ns or time.time_ns()
                 await ws.send_json({"type": "submit", "ref": "send", **body})
                 async for message in ws:
                     reply = msgspec.json.decode(message.data)
@@ -213,10 +218,10 @@ async def run_design(
     session: aiohttp.ClientSession, routes: Routes, body: dict[str, Any], seen: Seen, flush: str
 ) -> None:
     """One user's stream in ``seen.design``, from pressing send to the last token."""
-    seen.sent_ns = time.time_ns()
     if seen.design == "hybrid":
-        created = await submit_on_control(session, routes, body)
+        created = await submit_on_control(session, routes, body, seen)
     else:
+        seen.sent_ns = time.time_ns()
         created = await create(session, routes, body)
     seen.events_url = created["events_url"]
     events = _with_flush(routes.streamer_url(created["events_url"]), flush)
