@@ -44,7 +44,10 @@ async def proxied(handler: Handler, profile: Profile) -> AsyncIterator[tuple[Net
 
 
 async def round_trip_s(port: int, rounds: int) -> float:
+    """Mean round trip of an open connection (its opening round trip left out)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"open")
+    await asyncio.wait_for(reader.readexactly(4), 10)
     started = time.perf_counter()
     for _ in range(rounds):
         writer.write(b"ping")
@@ -59,6 +62,18 @@ async def test_round_trip_is_the_profiles_within_ten_percent(profile: Profile) -
     async for _sim, port in proxied(echo, profile):
         rtt = await round_trip_s(port, 8)
         assert rtt == pytest.approx(profile.rtt_ms / 1000, rel=0.1)
+
+
+async def test_a_new_connection_pays_one_round_trip_before_its_first_byte() -> None:
+    profile = Profile("still", delay_ms=100)
+    async for _sim, port in proxied(echo, profile):
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        await asyncio.wait_for(reader.readexactly(4), 10)
+        writer.close()
+        first = time.perf_counter() - started
+        assert first == pytest.approx(2 * profile.rtt_ms / 1000, rel=0.1)
 
 
 async def test_jitter_never_reorders_bytes() -> None:

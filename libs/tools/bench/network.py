@@ -196,15 +196,16 @@ def table(figures: list[dict[str, Any]]) -> list[str]:
     """The report as a Markdown table, one row per profile, design and flush policy."""
     lines = [
         "| profile | design | flush | first token p50 / p95 ms | stalls/min | gap p50 / p99 ms "
-        "| reconnects | lost | dup | bytes/token |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| reconnects | done | lost | dup | wrong text | bytes/token |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in figures:
         lines.append(
             f"| {f['profile']} | {f['design']} | {f['flush']} "
             f"| {f['first_token_ms_p50']:.0f} / {f['first_token_ms_p95']:.0f} "
             f"| {f['stalls_per_min']:.1f} | {f['gap_ms_p50']:.0f} / {f['gap_ms_p99']:.0f} "
-            f"| {f['reconnects']} | {f['lost']} | {f['duplicated'] + f['text_mismatches']} "
+            f"| {f['reconnects']} | {f['completed']}/{f['streams']} | {f['lost']} "
+            f"| {f['duplicated']} | {f['text_mismatches']} "
             f"| {f['bytes_per_token']:.0f} |"
         )
     return lines

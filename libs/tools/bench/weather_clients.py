@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +51,7 @@ class Seen:
     last_seq: int = 0
     lost: int = 0
     duplicated: int = 0
-    reconnects: int = 0
+    connections: int = 0
     bytes: int = 0
     end: str = ""
     events_url: str = ""  # straight to the streamer, to check the text against the log
@@ -74,6 +75,11 @@ class Seen:
         if first > self.last_seq:
             self.texts.append(payload["text"])
         self.last_seq = max(self.last_seq, last)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections that resumed the stream (attempts cut before they opened are not)."""
+        return max(0, self.connections - 1)
 
     @property
     def tokens(self) -> int:
@@ -134,45 +140,53 @@ async def create(
 
 async def submit_on_control(
     session: aiohttp.ClientSession, routes: Routes, body: dict[str, Any], seen: Seen
-) -> dict[str, Any]:
-    """Submit on the gateway's control socket and take its ack, again after a failure.
+) -> tuple[dict[str, Any], aiohttp.ClientWebSocketResponse]:
+    """Submit on the gateway's control socket; its ack and the socket, which stays open.
 
-    The page holds that socket open before the user presses send, so the clock starts
-    once it is open.
+    The page holds that socket open before the user presses send (so the clock starts
+    once it is open) and while the stream runs. After a failure it connects again.
     """
     url = routes.gateway.replace("http", "ws", 1) + "/v1/control"
     while True:
-        try:
-            async with session.ws_connect(url) as ws:
-                seen.sent_ns = seen.sent_ns or time.time_ns()
-                await ws.send_json({"type": "submit", "ref": "send", **body})
-                async for message in ws:
-                    reply = msgspec.json.decode(message.data)
-                    if reply.get("ref") == "send" and reply["type"] == "ack":
-                        return dict(reply)
-                    if reply.get("ref") == "send":
-                        raise RuntimeError(f"submit refused: {reply}")
-        except NETWORK_ERRORS:
-            pass
+        ws = None
+        with suppress(*NETWORK_ERRORS):
+            ws = await session.ws_connect(url)
+            seen.sent_ns = seen.sent_ns or time.time_ns()
+            await ws.send_json({"type": "submit", "ref": "send", **body})
+            async for message in ws:
+                reply = msgspec.json.decode(message.data)
+                if reply.get("ref") == "send" and reply["type"] == "ack":
+                    return dict(reply), ws
+                if reply.get("ref") == "send":
+                    raise RuntimeError(f"submit refused: {reply}")
+        if ws is not None:
+            await ws.close()
+        await asyncio.sleep(RETRY_S)
+
+
+async def resuming(connection: Callable[[Seen], Awaitable[None]], seen: Seen) -> None:
+    """Run one connection after another, :data:`RETRY_S` apart, until the stream ended."""
+    while True:
+        with suppress(*NETWORK_ERRORS):
+            await connection(seen)
+        if seen.end:
+            return
         await asyncio.sleep(RETRY_S)
 
 
 async def follow_sse(session: aiohttp.ClientSession, url: str, seen: Seen) -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
-    while True:
+
+    async def connection(seen: Seen) -> None:
         headers = {"Accept": "text/event-stream"}
         if seen.last_seq:
             headers["Last-Event-ID"] = str(seen.last_seq)
-        try:
-            async with session.get(url, headers=headers, timeout=timeout) as response:
-                if response.status == 200:
-                    await _read_sse(response, seen)
-        except NETWORK_ERRORS:
-            pass
-        if seen.end:
-            return
-        seen.reconnects += 1
-        await asyncio.sleep(RETRY_S)
+        async with session.get(url, headers=headers, timeout=timeout) as response:
+            if response.status == 200:
+                seen.connections += 1
+                await _read_sse(response, seen)
+
+    await resuming(connection, seen)
 
 
 async def _read_sse(response: aiohttp.ClientResponse, seen: Seen) -> None:
@@ -189,25 +203,21 @@ async def _read_sse(response: aiohttp.ClientResponse, seen: Seen) -> None:
 
 
 async def follow_socket(session: aiohttp.ClientSession, url: str, seen: Seen) -> None:
-    while True:
-        try:
-            async with session.ws_connect(f"{url}&last_event_id={seen.last_seq}") as ws:
-                async for received in socket_events(ws):
-                    seen.bytes += len(received.event.data) + WS_HEADER_BYTES
-                    if received.type == "reconnect":
-                        break
-                    payload = received.json()
-                    if received.type == "error":
-                        payload = payload["error"]
-                    seen.take(received.type, payload, received.at_ns)
-                    if seen.end:
-                        return
-        except NETWORK_ERRORS:
-            pass
-        if seen.end:
-            return
-        seen.reconnects += 1
-        await asyncio.sleep(RETRY_S)
+    async def connection(seen: Seen) -> None:
+        async with session.ws_connect(f"{url}&last_event_id={seen.last_seq}") as ws:
+            seen.connections += 1
+            async for received in socket_events(ws):
+                seen.bytes += len(received.event.data) + WS_HEADER_BYTES
+                if received.type == "reconnect":
+                    return
+                payload = received.json()
+                if received.type == "error":
+                    payload = payload["error"]
+                seen.take(received.type, payload, received.at_ns)
+                if seen.end:
+                    return
+
+    await resuming(connection, seen)
 
 
 def _with_flush(url: str, flush: str) -> str:
@@ -218,16 +228,29 @@ async def run_design(
     session: aiohttp.ClientSession, routes: Routes, body: dict[str, Any], seen: Seen, flush: str
 ) -> None:
     """One user's stream in ``seen.design``, from pressing send to the last token."""
-    if seen.design == "hybrid":
-        created = await submit_on_control(session, routes, body, seen)
-    else:
+    if seen.design != "hybrid":
         seen.sent_ns = time.time_ns()
         created = await create(session, routes, body)
+        await _follow(session, routes, created, seen, flush)
+        return
+    created, control = await submit_on_control(session, routes, body, seen)
+    try:
+        await _follow(session, routes, created, seen, flush)
+    finally:
+        with suppress(*NETWORK_ERRORS):
+            await control.close()
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    routes: Routes,
+    created: dict[str, Any],
+    seen: Seen,
+    flush: str,
+) -> None:
     seen.events_url = created["events_url"]
-    events = _with_flush(routes.streamer_url(created["events_url"]), flush)
-    follow: Callable[[aiohttp.ClientSession, str, Seen], Any]
+    events = f"{routes.streamer_url(created['events_url'])}&flush={flush}"
     if seen.design == "ws":
-        events, follow = socket_url(events), follow_socket
+        await follow_socket(session, socket_url(events), seen)
     else:
-        follow = follow_sse
-    await follow(session, events, seen)
+        await follow_sse(session, events, seen)

@@ -14,7 +14,9 @@ class Pipe:
     """Copies ``source`` to ``sink``, each piece leaving when the weather lets it.
 
     A piece leaves after it has been serialized at ``kbps`` (behind the pieces before
-    it) and then delayed; no piece overtakes another, whatever its jitter.
+    it) and then delayed; no piece overtakes another, whatever its jitter. Nothing is
+    sent before ``opens_at`` (loop time): the client's first bytes wait for the
+    handshake the proxy answered locally.
     """
 
     def __init__(
@@ -24,6 +26,7 @@ class Pipe:
         weather: Weather,
         kbps: float,
         epoch: float,
+        opens_at: float = 0.0,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -31,7 +34,7 @@ class Pipe:
         self._bits_per_s = kbps * 1000
         self._epoch = epoch
         self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_PIECES)
-        self._tx_free = 0.0
+        self._tx_free = opens_at
         self._last_release = 0.0
         self.bytes = 0
 

@@ -58,6 +58,9 @@ class Profile:
         return 2 * (self.delay_ms + self.jitter_ms / 2)
 
 
+WEAK_SIGNAL = Profile("weak", delay_ms=40, jitter_ms=20, down_kbps=5_000, up_kbps=2_000)
+"""A mobile link at the edge of coverage, which ``flaky`` and ``tunnel`` trouble further."""
+
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
@@ -86,21 +89,13 @@ PROFILES: dict[str, Profile] = {
             up_kbps=750,
             about="3G: 300 ms RTT, 750 kbit/s each way",
         ),
-        Profile(
-            "flaky",
-            delay_ms=40,
-            jitter_ms=20,
-            down_kbps=5_000,
-            up_kbps=2_000,
+        WEAK_SIGNAL.with_(
+            name="flaky",
             stalls=Episodes(every_s=10, min_s=1, max_s=5),
             about="a weak signal: 80-120 ms RTT, and 1-5 s stalls every ~10 s",
         ),
-        Profile(
-            "tunnel",
-            delay_ms=40,
-            jitter_ms=20,
-            down_kbps=5_000,
-            up_kbps=2_000,
+        WEAK_SIGNAL.with_(
+            name="tunnel",
             cuts=Cuts(period_s=30, outage_s=5, first_s=10),
             about="a train through tunnels: connections cut (FIN, then RST) 5 s every 30 s",
         ),

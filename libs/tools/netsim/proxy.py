@@ -5,6 +5,10 @@ Every accepted connection opens its own to the route's target and gets two
 connection, as each user has their own link. A cut ends every open connection on both
 sides, by FIN (an orderly close: bytes still in flight are lost) or by RST; for the
 outage, new connections are cut the same way as soon as they are accepted.
+
+The proxy accepts a connection at once, on this machine; so that opening one still
+costs what it costs on the profile's network (SYN, SYN-ACK: one round trip), the
+client's first bytes wait one mean RTT before they leave.
 """
 
 from __future__ import annotations
@@ -133,7 +137,8 @@ class NetSim:
         connection = Connection(writer, up_writer)
         self._connections.add(connection)
         profile, epoch = self.profile, self._epoch
-        up = Pipe(reader, up_writer, self.weather, profile.up_kbps, epoch)
+        opens_at = asyncio.get_running_loop().time() + profile.rtt_ms / 1000
+        up = Pipe(reader, up_writer, self.weather, profile.up_kbps, epoch, opens_at)
         down = Pipe(up_reader, writer, self.weather, profile.down_kbps, epoch)
         connection.task = asyncio.current_task()
         try:
