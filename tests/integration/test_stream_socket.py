@@ -14,7 +14,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from libs.common import names
 from libs.tools.client import Received, SluiceClient, socket_events, socket_url
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 from tests.integration.resumable import expected_text
@@ -132,6 +134,25 @@ async def test_a_socket_answers_bad_or_foreign_frames_with_errors_and_stays_open
     assert replies["rated"]["type"] == "ack"
     assert final(received).type == "done"
     assert_contiguous(received, 100)
+
+
+async def test_a_socket_to_a_stream_whose_log_is_gone_answers_expired(
+    client: SluiceClient, session: aiohttp.ClientSession, servers: tuple[str, str]
+) -> None:
+    created = await client.create(prompt="ws gone", sim=sim(tokens=10))
+    await read_socket(session, socket_url(created["events_url"]))
+    redis = aioredis.Redis.from_url(servers[1])
+    try:
+        await redis.delete(names.log_key(created["id"]))
+    finally:
+        await redis.aclose()
+    received = await read_socket(session, socket_url(created["events_url"]))
+    assert [r.type for r in received] == ["error"]
+    assert received[0].json()["error"] | {"message": ""} == {
+        "type": "expired",
+        "message": "",
+        "retryable": False,
+    }
 
 
 async def test_a_socket_with_a_bad_read_token_is_refused_before_the_upgrade(
