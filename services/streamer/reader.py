@@ -1,4 +1,4 @@
-"""One SSE client: its position, its bounded buffer, and the task that writes to it.
+"""One client of a stream: its position, its bounded buffer, and the task that writes to it.
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits; fresh tokens may leave at once by the fast path of
@@ -9,7 +9,8 @@ clients get bigger frames), at most ``pace`` frames a second. Past
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
 How events are spelled on the wire is the reader's :class:`~services.streamer.frames.Frames`:
-native SSE by default, OpenAI chunks for ``/v1/chat/completions``.
+native SSE by default, OpenAI chunks for ``/v1/chat/completions``, JSON messages on a
+stream's WebSocket; how tokens become frames is its :class:`~services.streamer.flush.Flush`.
 """
 
 from __future__ import annotations
