@@ -68,10 +68,12 @@ async def stream_socket(request: web.Request) -> web.WebSocketResponse:
     opening = await open_reading(request)
     ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_BYTES, compress=False)
     await ws.prepare(request)
-    transport = request.transport
-    if opening.meta is None or transport is None:
-        await ws.send_str(SOCKET_FRAMES.terminal(EXPIRED, opening.after).decode())
+    if opening.meta is None:
+        await ws.send_str(SOCKET_FRAMES.terminal(EXPIRED, opening.after).decode().rstrip())
         await ws.close()
+        return ws
+    transport = request.transport
+    if transport is None:  # the client left during the upgrade
         return ws
     reader = reader_for(request, opening, WebSocketSink(transport), SOCKET_FRAMES)
     listening = asyncio.create_task(StreamSocket(ws, request, opening).listen(reader))
