@@ -96,6 +96,39 @@ async def events(
                 yield Received(event, now)
 
 
+def socket_url(events_url: str) -> str:
+    """The stream's WebSocket URL, from the ``events_url`` that ``POST /v1/streams`` answers."""
+    base, _, query = events_url.partition("?")
+    return base.replace("http", "ws", 1).removesuffix("/events") + "/ws?" + query
+
+
+async def socket_events(
+    ws: aiohttp.ClientWebSocketResponse, last_event_id: str = ""
+) -> AsyncIterator[Received]:
+    """Follow a stream's WebSocket until it closes, each message as the SSE event it stands for.
+
+    Token and ``done`` messages carry ``seq`` where SSE has ``id``; the control replies
+    (``ack``, ``pong``, control ``error`` frames) come through as events of their type.
+    """
+    async for message in ws:
+        if message.type != aiohttp.WSMsgType.TEXT:
+            break
+        now = time.time_ns()
+        data = message.data
+        head = _head.decode(data)
+        if head.seq is not None:
+            last_event_id = str(head.seq)
+        yield Received(Event(head.type, data, last_event_id), now)
+
+
+class _Head(msgspec.Struct):
+    type: str
+    seq: int | None = None
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
 class StreamRefused(Exception):
     """The SSE endpoint answered with an HTTP error instead of a stream."""
 

@@ -21,6 +21,7 @@ TOOLS = {
     "ask": ("libs.tools.ask", "ask one question and print the answer (for scripts)"),
     "top": ("libs.tools.top", "the suite's live figures in the terminal"),
     "bench": ("libs.tools.bench", "measure the suite as a client sees it"),
+    "netsim": ("libs.tools.netsim", "a network-weather proxy between clients and the suite"),
 }
 USAGE = "sluice <command> [options]   (sluice <command> --help for a command's options)"
 

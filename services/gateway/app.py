@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from libs.common.api import decode_request
+from libs.common.control_frames import HARD_FRAME_BYTES
 from libs.common.http import json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from services.gateway import dashboard, ui
-from services.gateway.control_socket import HARD_FRAME_BYTES, ControlSession
+from services.gateway.control_socket import ControlSession
 from services.gateway.streams import Streams
 
 STREAMS = web.AppKey("streams", Streams)

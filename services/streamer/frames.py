@@ -6,6 +6,7 @@ The OpenAI dialect lives in :mod:`services.streamer.openai_frames`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from libs.common import sse
@@ -40,11 +41,15 @@ class NativeFrames:
     def opening(self) -> bytes:
         return sse.RETRY
 
+    def event(self, name: str, payload: dict[str, object], last_seq: int | None = None) -> bytes:
+        """One event of the dialect; ``last_seq`` is the index of its last token, if any."""
+        return sse.json_frame(name, payload, last_seq)
+
     def status(self, change: StatusChange) -> bytes:
         payload: dict[str, object] = {"status": change.status}
         if change.position is not None:
             payload["position"] = change.position
-        return sse.json_frame("status", payload)
+        return self.event("status", payload)
 
     def tokens(self, last_seq: int, texts: list[str], ts: int, channels: Channels | None) -> bytes:
         if channels is None:
@@ -54,13 +59,13 @@ class NativeFrames:
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         if isinstance(terminal, Done):
             payload = {k: v for k, v in _fields(terminal).items() if v is not None}
-            return sse.json_frame("done", payload, last_seq)
+            return self.event("done", payload, last_seq)
         error = {
             "type": terminal.type,
             "message": terminal.message,
             "retryable": terminal.retryable,
         }
-        return sse.json_frame("error", error)
+        return self.event("error", error)
 
     def ping(self) -> bytes:
         return PING % int(time.time() * 1000)
@@ -72,15 +77,20 @@ class NativeFrames:
 NATIVE_FRAMES = NativeFrames()
 
 
-def channel_token_frames(after_seq: int, texts: list[str], ts: int, channels: Channels) -> bytes:
+def channel_token_frames(
+    after_seq: int,
+    texts: list[str],
+    ts: int,
+    channels: Channels,
+    frame: Callable[[sse.TokenData], bytes] = lambda data: sse.json_frame("token", data, data.seq),
+) -> bytes:
     """One ``token`` event per run of one channel, each with its own id, so a resume
-    may start between them."""
+    may start between them; ``frame`` spells one event in the transport's dialect."""
     frames = b""
     seq = after_seq
     for run in runs(texts, channels):
         seq += run.count
-        data = sse.TokenData(seq, run.count, run.text, ts, *_channel_fields(run.channel))
-        frames += sse.json_frame("token", data, seq)
+        frames += frame(sse.TokenData(seq, run.count, run.text, ts, *_channel_fields(run.channel)))
     return frames
 
 

@@ -1,4 +1,4 @@
-"""One SSE client: its position, its bounded buffer, and the task that writes to it.
+"""One client of a stream: its position, its bounded buffer, and the task that writes to it.
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits; fresh tokens may leave at once by the fast path of
@@ -9,7 +9,8 @@ clients get bigger frames), at most ``pace`` frames a second. Past
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
 How events are spelled on the wire is the reader's :class:`~services.streamer.frames.Frames`:
-native SSE by default, OpenAI chunks for ``/v1/chat/completions``.
+native SSE by default, OpenAI chunks for ``/v1/chat/completions``, JSON messages on a
+stream's WebSocket; how tokens become frames is its :class:`~services.streamer.flush.Flush`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 
@@ -28,7 +29,8 @@ from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessage
-from services.streamer.direct import FRESH_NS, ClientSocket, LiveWrites
+from services.streamer.direct import FRESH_NS, ClientSocket, Envelope, LiveWrites, chunk
+from services.streamer.flush import ADAPTIVE, Flush
 from services.streamer.frames import NATIVE_FRAMES, Frames
 
 IDLE_POLL_S = 2.0
@@ -43,6 +45,19 @@ class ClientSink(Protocol):
     """Where a reader's bytes go: an aiohttp ``StreamResponse``, or a stand-in."""
 
     async def write(self, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class EnvelopedSink(ClientSink, Protocol):
+    """A sink that wraps what it writes, so direct writes must be wrapped alike."""
+
+    def envelope(self, frame: bytes) -> bytes: ...
+
+
+def envelope_of(sink: ClientSink) -> Envelope | None:
+    if isinstance(sink, web.StreamResponse):
+        return chunk if sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" else None
+    return sink.envelope if isinstance(sink, EnvelopedSink) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,7 @@ class Reader:
         after_seq: int,
         limits: ReaderLimits,
         frames: Frames = NATIVE_FRAMES,
+        flush: Flush = ADAPTIVE,
     ) -> None:
         self.stream_id = stream_id
         self.sent = after_seq
@@ -123,8 +139,10 @@ class Reader:
         self._store = store
         self._limits = limits
         self._frames = frames
+        self._flush = flush
         self._pending = Pending()
         self._timing = Timing.starting_now()
+        self._timing.min_interval_s = flush.interval_s
         self._wake = asyncio.Event()
         self._parked = False
         self._gone = False
@@ -229,7 +247,13 @@ class Reader:
             self._wake.set()
 
     def pace(self, max_events_per_s: float) -> None:
-        self._timing.min_interval_s = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        paced = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        self._timing.min_interval_s = max(paced, self._flush.interval_s)
+        self._wake.set()
+
+    def hang_up(self) -> None:
+        """The client closed its side (a WebSocket's close frame): stop at the next step."""
+        self._gone = True
         self._wake.set()
 
     def close_for_shutdown(self) -> None:
@@ -242,9 +266,8 @@ class Reader:
         The native endpoint calls this before subscribing, so the event does not wait
         for the subscription's round trip to NATS, which queues behind live traffic.
         """
-        sink = self._sink
-        if self._socket is not None and isinstance(sink, web.StreamResponse):
-            self._socket.chunked = sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        if self._socket is not None:
+            self._socket.envelope = envelope_of(self._sink)
         self.status(first_status)
         try:
             await self._write(self._frames.opening() + b"".join(self._pending.statuses))
@@ -268,12 +291,13 @@ class Reader:
 
     async def _serve(self) -> str:
         try:
-            while True:
+            while not self._gone:
                 if await self._step():
                     return "done"
                 if self._pending.closing:
                     await self._write(self._frames.reconnect())
                     return "shutdown"
+            return "slow_consumer" if self._stalled else "client_gone"
         except ClientGone:
             return "client_gone"
         except SlowConsumer:
@@ -352,7 +376,16 @@ class Reader:
     def _token_frame(self, texts: list[str], ts: int, channels: Channels | None) -> bytes:
         """The frame for the next ``texts``, counted as sent."""
         last = self.sent + len(texts)
-        frame = self._frames.tokens(last, texts, ts, channels)
+        if self._flush.per_token:
+            first = self.sent + 1
+            frame = b"".join(
+                self._frames.tokens(
+                    first + i, [text], ts, None if channels is None else channels[i : i + 1]
+                )
+                for i, text in enumerate(texts)
+            )
+        else:
+            frame = self._frames.tokens(last, texts, ts, channels)
         self.sent = last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)

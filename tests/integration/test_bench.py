@@ -107,3 +107,23 @@ def test_bench_capacity_says_when_not_even_the_fewest_streams_are_within(tmp_pat
     assert isinstance(trials, list) and len(trials) == 1
     assert trials[0]["streams"] == 2 and not trials[0]["within"]
     assert trials[0]["tokens_delivered"] == 300 and trials[0]["errors"] == {}
+
+
+@pytest.mark.slow
+def test_bench_network_measures_each_design_behind_a_profile_and_draws_its_gaps(
+    tmp_path: Path,
+) -> None:
+    figures = bench(
+        tmp_path,
+        "network",
+        *("--profiles", "3g", "--flush", "token,adaptive", "--streams", "2"),
+        *("--tokens", "30", "--plots", str(tmp_path / "plots")),
+    )
+    cells = figures["cells"]
+    assert isinstance(cells, list) and len(cells) == 6
+    for cell in cells:
+        assert cell["completed"] == cell["streams"] == 2, cell
+        assert (cell["lost"], cell["duplicated"], cell["text_mismatches"]) == (0, 0, 0)
+        assert cell["first_token_ms_p50"] > 300 + 300, "the model's 300 ms and one 3G RTT"
+    plots = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert plots == ["gaps-by-design.png", "gaps-by-flush.png"]

@@ -59,9 +59,15 @@ async def slow_consumer_disconnects(session: aiohttp.ClientSession, stack: Stack
     )
 
 
+UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
 @contextmanager
-def stalled_readers(urls: list[str]) -> Iterator[list[socket.socket]]:
-    """Sockets that ask for each stream and then never read a byte."""
+def stalled_readers(urls: list[str], transport: str = "sse") -> Iterator[list[socket.socket]]:
+    """Sockets that ask for each stream (over SSE or its WebSocket) and never read a byte."""
     sockets = []
     try:
         for url in urls:
@@ -69,8 +75,10 @@ def stalled_readers(urls: list[str]) -> Iterator[list[socket.socket]]:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect((parts.hostname, parts.port))
-            request = f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            sock.sendall(f"{request}Accept: text/event-stream\r\n\r\n".encode())
+            path = parts.path if transport == "sse" else parts.path.removesuffix("/events") + "/ws"
+            request = f"GET {path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            accept = "Accept: text/event-stream\r\n" if transport == "sse" else UPGRADE
+            sock.sendall(f"{request}{accept}\r\n".encode())
             sockets.append(sock)
         yield sockets
     finally:
@@ -176,8 +184,9 @@ async def peak_rss(stack: Stack, peak: list[int]) -> AsyncIterator[None]:
         task.cancel()
 
 
+@pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_stalled_readers_cost_bounded_memory_are_dropped_and_slow_no_one_else(
-    firehose: Stack, session: aiohttp.ClientSession
+    firehose: Stack, session: aiohttp.ClientSession, transport: str
 ) -> None:
     stack, client = firehose, SluiceClient(session, firehose.gateway)
     baseline_streams = await fast_streams(client, "unread")
@@ -189,7 +198,7 @@ async def test_stalled_readers_cost_bounded_memory_are_dropped_and_slow_no_one_e
     peak = [before_kb]
     stalled_streams = await fast_streams(client, "stalled")
     async with peak_rss(stack, peak):
-        with stalled_readers([c["events_url"] for c in stalled_streams]) as sockets:
+        with stalled_readers([c["events_url"] for c in stalled_streams], transport) as sockets:
             await until_blocked(sockets)
             beside = await delivery_latency_ms(client, "normal reader, beside stalled ones")
             deadline = time.monotonic() + 30

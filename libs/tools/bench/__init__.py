@@ -25,7 +25,7 @@ from libs.tools.bench.usage import cpu_shares, format_shares
 from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"reader", "stats", "usage"})
+SUPPORT_MODULES = frozenset({"plots", "reader", "stats", "usage", "weather_clients"})
 
 
 def modes() -> list[str]:
