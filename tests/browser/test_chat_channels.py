@@ -162,3 +162,18 @@ async def test_a_bad_reasoning_count_gets_the_servers_error(linked: LinkedStack,
     await page.wait_for_selector(f"{ANSWER}[data-state='error']", timeout=WAIT_MS)
     state = await page.text_content(f"{ANSWER} .state")
     assert state is not None and "reasoning_tokens" in state and ">= 0" in state
+
+
+async def test_stop_mid_tool_call_leaves_the_card_raw_and_marked_incomplete(
+    linked: LinkedStack, page: Any
+) -> None:
+    await open_chat(page, linked.stack.gateway, fields(tokens_per_s=4), "?tools=demo")
+    await send(page, "weather in Faro?")
+    await wait_until(page, "answer.querySelector('.tool-arguments')?.textContent.length > 0")
+    await page.click("#stop")
+    await page.wait_for_selector(f"{ANSWER}[data-state='cancelled']", timeout=WAIT_MS)
+    [call] = await page.eval_on_selector(ANSWER, "a => a.turn.stream.answer.toolCalls()")
+    assert call["name"] == "get_weather" and call["arguments"]
+    assert await page.text_content(f"{CARD} .tool-arguments") == call["arguments"]
+    assert await page.text_content(f"{CARD} .tool-status") == "incomplete"
+    assert await page.get_attribute(CARD, "data-complete") is None

@@ -42,6 +42,11 @@ function element(tag, className, text) {
   return node;
 }
 
+/** `json` indented by two, or null if it does not parse. */
+function indented(json) {
+  try { return JSON.stringify(JSON.parse(json), null, 2); } catch { return null; }
+}
+
 /** A collapsed "thinking" section that streams the model's reasoning. */
 class Reasoning {
   constructor() {
@@ -87,8 +92,7 @@ class ToolCard {
   /** The call is finished: its arguments as indented JSON, or raw with a warning if they do not parse. */
   complete(call) {
     this.name.textContent = call.name;
-    let pretty = null;
-    try { pretty = JSON.stringify(JSON.parse(call.arguments), null, 2); } catch { pretty = null; }
+    const pretty = indented(call.arguments);
     this.node.dataset.complete = pretty === null ? "invalid" : "true";
     this.status.textContent = pretty === null ? "arguments are not valid JSON" : "complete";
     this.arguments.replaceChildren(pretty ?? call.arguments);
