@@ -55,9 +55,10 @@ async def chromium() -> AsyncIterator[Any]:
                 await context.close()
 
 
-async def open_chat(page: Any, gateway: str, request_fields: str) -> Any:
-    """Load the chat page in ``page``, its request fields set to the JSON ``request_fields``."""
-    await page.goto(gateway.rstrip("/") + "/")
+async def open_chat(page: Any, gateway: str, request_fields: str, query: str = "") -> Any:
+    """Load the chat page (with ``query``, e.g. ``?tools=demo``) in ``page``, its request
+    fields set to the JSON ``request_fields``."""
+    await page.goto(gateway.rstrip("/") + "/" + query)
     await page.wait_for_selector("body[data-ready='1']")
     await page.evaluate(
         "fields => { document.getElementById('options').value = fields; }", request_fields

@@ -27,6 +27,12 @@ if importlib.util.find_spec("playwright") is None:
     pytest.skip("playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 
+def artifact(name: str) -> str:
+    """Where a test keeps the screenshot ``name`` (a .png under the artifacts folder)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return str(ARTIFACTS / f"{name}.png")
+
+
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
     async with chromium() as context:

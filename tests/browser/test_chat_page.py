@@ -14,7 +14,7 @@ from libs.client.http import SluiceClient
 from libs.common.settings import Settings
 from libs.tools.browser import answer_timings, open_chat, stop_timing
 from services.runner.backends.sim import sim_tokens
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import artifact
 from tests.netcut import LinkedStack
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,7 +106,7 @@ async def test_network_loss_mid_answer_resumes_and_completes_exactly_once(
     linked.link.cut()
     try:
         await wait_state(page, "reconnecting")
-        await page.screenshot(path=_artifact("network_loss_reconnecting"), full_page=True)
+        await page.screenshot(path=artifact("network_loss_reconnecting"), full_page=True)
     finally:
         linked.link.restore()
     await wait_state(page, "done")
@@ -145,11 +145,6 @@ async def test_a_multibyte_prompt_comes_back_in_the_answer(linked: LinkedStack, 
     assert shown is not None and shown.startswith(" On héllo, 你好 and 🌊:")
 
 
-def _artifact(name: str) -> str:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return str(ARTIFACTS / f"{name}.png")
-
-
 async def test_a_follow_up_carries_the_conversation_so_far(linked: LinkedStack, page: Any) -> None:
     await chat(linked, page, fields(tokens=10, tokens_per_s=300))
     await send(page, "what is a weir")
@@ -179,7 +174,7 @@ async def test_a_queued_answer_shows_its_position_then_runs(linked: LinkedStack,
                 f"{LAST_ANSWER}[data-state='queued'] .state:text-is('queued · position 1')",
                 timeout=WAIT_MS,
             )
-            await page.screenshot(path=_artifact("queued_position"), full_page=True)
+            await page.screenshot(path=artifact("queued_position"), full_page=True)
             await api.cancel(blockers[0]["id"])
             await wait_state(page, "done")
         finally:

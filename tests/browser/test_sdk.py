@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
 from typing import Any
 
@@ -125,3 +126,78 @@ async def test_a_streamer_that_does_not_list_the_origin_cannot_be_read(
         created["events_url"],
     )
     assert state == "refused"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    },
+}
+
+
+async def test_the_answer_adds_up_each_channel_as_done_reports_it(
+    linked: LinkedStack, page: Any
+) -> None:
+    """Reasoning first, then a tool call in fragments: `stream.answer` holds both exactly."""
+    await sdk_page(linked, page)
+    sim = {"tokens_per_s": 400, "ttft_ms": 0, "seed": 3, "reasoning_tokens": 25}
+    request = {"model": "sim", "prompt": "weather?", "tools": [WEATHER], "sim": sim}
+    result = await page.evaluate(
+        """async (body) => {
+          const { Sluice } = await import("/sdk/sluice.js");
+          const channels = [];
+          const [done, stream] = await new Promise((resolve, reject) => {
+            new Sluice().stream(body, {
+              tokens: (batch) => channels.push(...batch.map((t) => t.channel)),
+              done: (d, s) => resolve([d, s]),
+              error: (e) => reject(new Error(e.message)),
+            }).catch(reject);
+          });
+          const answer = stream.answer;
+          return { done, channels, text: answer.text, reasoning: answer.reasoning,
+                   calls: answer.toolCalls() };
+        }""",
+        request,
+    )
+    done = result["done"]
+    assert done["finish_reason"] == "tool_calls" and done["reasoning_tokens"] == 25
+    assert result["reasoning"] == "".join(islice(sim_tokens("reasoning\x00weather?", 3), 25))
+    assert result["text"] == ""
+    assert result["calls"] == done["tool_calls"]
+    [call] = result["calls"]
+    assert call["name"] == "get_weather" and call["id"].startswith("call_")
+    assert set(json.loads(call["arguments"])) == {"city", "days"}
+    assert result["channels"][0] == "reasoning" and result["channels"][-1] == "tool_call"
+
+
+async def test_the_answer_appends_fragments_in_linear_time(linked: LinkedStack, page: Any) -> None:
+    """200,000 fragments, id and name repeated on each as some servers do: exact, and far
+    from quadratic (re-reading the arguments per fragment would take minutes here)."""
+    await sdk_page(linked, page)
+    result = await page.evaluate(
+        """async () => {
+          const { Answer } = await import("/sdk/sluice.js");
+          const answer = new Answer();
+          const started = performance.now();
+          for (let i = 0; i < 200000; i++) {
+            const call = i % 2;
+            answer.add({ channel: "tool_call", text: `"${i}",`,
+                         tool_call: { index: call, id: `call_${call}`, name: "f" } });
+          }
+          answer.add({ channel: "reasoning", text: "hm" });
+          answer.add({ channel: "text", text: "ok" });
+          const calls = answer.toolCalls();
+          return { ms: performance.now() - started, calls: calls.map((c) => [c.id, c.name, c.arguments.length]),
+                   head: calls[1].arguments.slice(0, 12), text: answer.text, reasoning: answer.reasoning };
+        }"""
+    )
+    lengths = [sum(len(f'"{i}",') for i in range(parity, 200_000, 2)) for parity in (0, 1)]
+    assert result["calls"] == [["call_0", "f", lengths[0]], ["call_1", "f", lengths[1]]]
+    assert result["head"] == '"1","3","5",'
+    assert (result["text"], result["reasoning"]) == ("ok", "hm")
+    assert result["ms"] < 5000

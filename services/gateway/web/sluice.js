@@ -13,7 +13,8 @@
 // dropped. `tokens` is called at most once per animation frame with every token that
 // arrived since, so a page that re-renders on it never renders more often than the
 // screen refreshes. Each token has a `channel` ("text" unless the server says
-// otherwise), so new kinds of content reach pages as data, not as new callbacks.
+// otherwise), so new kinds of content reach pages as data, not as new callbacks;
+// `stream.answer` adds them up by channel (text, reasoning, tool calls by index).
 // Cancel, pace and feedback go over one control WebSocket per page.
 
 const RETRYABLE_HTTP = new Set([429, 502, 503, 504]);
@@ -27,6 +28,48 @@ export class SluiceError extends Error {
     this.type = type;
     this.status = status;
     this.retryable = retryable;
+  }
+}
+
+/** Grows an id or name by a part, unless the part repeats it (some servers send it on every fragment). */
+function grown(whole, part) {
+  return part && part !== whole ? whole + part : whole;
+}
+
+/**
+ * One answer added up by channel as its tokens arrive: `text`, `reasoning`, and `calls`
+ * (tool calls by index, each `{index, id, name, arguments}`). Each fragment is appended
+ * once and nothing is parsed, so the work is linear in the answer's length; the
+ * arguments are JSON only when `done` says the call is complete.
+ */
+export class Answer {
+  constructor() {
+    this.text = "";
+    this.reasoning = "";
+    this.calls = new Map();
+  }
+
+  /** Adds one token to its channel; returns the tool call it extended, else null. */
+  add(token) {
+    if (token.channel === "text") this.text += token.text;
+    else if (token.channel === "reasoning") this.reasoning += token.text;
+    if (token.channel !== "tool_call") return null;
+    const { index, id, name } = token.tool_call;
+    let call = this.calls.get(index);
+    if (!call) {
+      call = { index, id: "", name: "", arguments: "" };
+      this.calls.set(index, call);
+    }
+    call.id = grown(call.id, id);
+    call.name = grown(call.name, name);
+    call.arguments += token.text;
+    return call;
+  }
+
+  /** The tool calls so far, by index, shaped like `done.tool_calls`. */
+  toolCalls() {
+    return [...this.calls.values()].sort((a, b) => a.index - b.index)
+      .map((call) => ({ id: call.id, name: call.name, arguments: call.arguments }));
   }
 }
 
@@ -118,6 +161,7 @@ export class Stream {
     this.ended = false;
     this.source = null;
     this.retries = 0;
+    this.answer = new Answer();
     this.batcher = new FrameBatcher(() => this.deliver());
     this.connect(false);
   }
@@ -169,6 +213,7 @@ export class Stream {
     if (this.frozen || !this.queue.length) return;
     const batch = this.queue;
     this.queue = [];
+    for (const token of batch) this.answer.add(token);
     this.emit("tokens", batch);
   }
 
