@@ -16,7 +16,7 @@ import pytest
 
 from libs.client.http import SluiceClient
 from libs.tools.browser import open_chat
-from services.runner.backends.sim import sim_tokens
+from services.runner.backends.sim import sim_reasoning
 from tests.browser.conftest import artifact
 from tests.integration.helpers import final, read_stream
 from tests.netcut import LinkedStack
@@ -112,7 +112,7 @@ async def test_reasoning_streams_collapsed_and_the_tool_card_ends_with_dones_arg
     reasoning = f"{ANSWER} .reasoning"
     assert await page.eval_on_selector(reasoning, "details => details.open") is False
     assert await page.text_content(f"{reasoning} summary") == "thought · 40 tokens"
-    expected = "".join(islice(sim_tokens(f"reasoning\x00user: {prompt}", 0), 40))
+    expected = "".join(islice(sim_reasoning(f"user: {prompt}", 0), 40))
     assert await page.text_content(f"{reasoning} .reasoning-text") == expected
     assert not await page.is_visible(f"{reasoning} .reasoning-text")
     await page.click(f"{reasoning} summary")

@@ -11,7 +11,7 @@ import pytest
 
 from libs.client.http import SluiceClient
 from libs.tools.stack import Stack
-from services.runner.backends.sim import sim_tokens
+from services.runner.backends.sim import sim_reasoning, sim_tokens
 from tests.netcut import LinkedStack
 
 pytestmark = pytest.mark.timeout(120)
@@ -166,7 +166,7 @@ async def test_the_answer_adds_up_each_channel_as_done_reports_it(
     )
     done = result["done"]
     assert done["finish_reason"] == "tool_calls" and done["reasoning_tokens"] == 25
-    assert result["reasoning"] == "".join(islice(sim_tokens("reasoning\x00weather?", 3), 25))
+    assert result["reasoning"] == "".join(islice(sim_reasoning("weather?", 3), 25))
     assert result["text"] == ""
     assert result["calls"] == done["tool_calls"]
     [call] = result["calls"]

@@ -96,6 +96,7 @@ WORDS = [
 PUNCTUATION = (".", ",", "", "", "", "", "")
 SPELLINGS = [f" {word}{mark}" for word in WORDS for mark in PUNCTUATION]
 TICK_S = 0.001
+REASONING_SEED = 0x5EED
 MAX_PER_TICK = 64  # tokens one sequence may emit per tick when it is behind
 
 
@@ -204,6 +205,12 @@ def sim_tokens(prompt: str, seed: int) -> Iterator[str]:
         yield from rng.choices(pool, k=64)
 
 
+def sim_reasoning(prompt: str, seed: int) -> Iterator[str]:
+    """The thinking the sim streams before its answer: prose on the prompt's words, drawn
+    from a seed of its own so that it does not echo the answer."""
+    return sim_tokens(prompt, seed ^ REASONING_SEED)
+
+
 def _opening(words: list[str]) -> list[str]:
     named = [f" {word}," for word in words[:-1]] + [f" {words[-1]}:"]
     if len(named) > 1:
@@ -228,7 +235,7 @@ class Answer:
             body, reason, calls = len(shaped.fragments), shaped.finish_reason, shaped.calls
         self.reasoning = min(params.reasoning_tokens, submit.max_tokens)
         if self.reasoning or calls:
-            thinking = islice(sim_tokens("reasoning\x00" + prompt, seed), self.reasoning)
+            thinking = islice(sim_reasoning(prompt, seed), self.reasoning)
             self.tokens = chain(thinking, self.tokens)
             self.push = ChanneledSink(sink, self.reasoning, calls).push
         total = params.reasoning_tokens + body
