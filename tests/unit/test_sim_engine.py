@@ -167,7 +167,7 @@ async def test_many_concurrent_sequences_keep_their_schedule(backend: SimBackend
     assert max(lateness) < 0.5, (
         f"worst lateness {max(lateness):.4f}s"
     )  # 10x margin: CI shares cores
-    assert statistics.median(lateness) < 0.010, "tokens wait for a slow tick"
+    assert statistics.median(lateness) < 0.050, "tokens wait for a slow tick"
 
 
 async def test_cancel_stops_pushes_at_once(backend: SimBackend) -> None:
