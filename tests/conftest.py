@@ -66,7 +66,7 @@ def stack(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 FAST_ENV = {
-    "SLUICE_SECRET": "test-secret",
+    "SLUICE_SECRET": "test-secret-of-at-least-32-bytes-for-hmac",
     "SLUICE_HEARTBEAT_S": "1",
     "SLUICE_STALL_TIMEOUT_S": "3",
     "SLUICE_RUNNER_HEARTBEAT_S": "0.5",

@@ -12,8 +12,8 @@ from aiohttp.typedefs import Middleware
 
 from libs.common import metrics
 from libs.common.api import ErrorBody, ErrorEnvelope
-from libs.common.auth import tenant_for
 from libs.common.errors import InvalidRequest, NotFound, SluiceError, TooLarge
+from libs.common.keys import key_ring
 from libs.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def request_tenant(request: web.Request, settings: Settings) -> str:
-    """The tenant named by the request's API key (``anonymous`` when keys are off)."""
-    authorization = request.headers.get("Authorization") or request.query.get("api_key")
-    return tenant_for(settings.keys_to_tenants, authorization)
+def request_tenant(request: web.Request, settings: Settings, *, query_key: bool = False) -> str:
+    """The tenant named by the request's API key (``anonymous`` when keys are off).
+
+    ``?api_key=`` counts only where ``query_key`` says a browser cannot send a header (a
+    WebSocket); anywhere else a key in the URL would end up in access logs and histories.
+    """
+    authorization = request.headers.get("Authorization")
+    if authorization is None and query_key:
+        authorization = request.query.get("api_key")
+    return key_ring(settings.api_keys, settings.api_keys_file).tenant_for(authorization)

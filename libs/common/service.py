@@ -18,9 +18,10 @@ from aiohttp import web
 from libs.common.connections import connect_nats, connect_redis
 from libs.common.direct_nats import DirectNATS
 from libs.common.http import error_middleware, json_response
+from libs.common.keys import key_ring
 from libs.common.logs import setup_logging
 from libs.common.process import prepare_process
-from libs.common.settings import Settings
+from libs.common.settings import Settings, check_secrets
 from libs.common.stats import StatsPublisher
 from libs.common.telemetry import setup_telemetry
 
@@ -72,7 +73,8 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     """An app with the error middleware, health routes and NATS/Redis opened for its life."""
     setup_logging(service, settings.log_level)
     setup_telemetry(service, settings.telemetry)
-    if not settings.keys_to_tenants:
+    check_secrets(settings)
+    if not key_ring(settings.api_keys, settings.api_keys_file).digests:
         log.warning("SLUICE_API_KEYS is empty: authentication is off, every call is 'anonymous'")
     if not settings.secret:
         log.warning("SLUICE_SECRET is unset: read tokens use a development key")

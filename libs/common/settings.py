@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -19,6 +19,12 @@ PREFIX = "SLUICE_"
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[float, Meta(gt=0)]
 Count = Annotated[int, Meta(ge=1)]
+
+DEV_SECRET = "sluice-dev-secret"
+MIN_SECRET_BYTES = 32
+KNOWN_PLACEHOLDERS = frozenset({DEV_SECRET, "compose-dev-secret", "dev-only-not-a-secret"})
+SECRET_VARIABLES = frozenset({"secret", "api_keys", "models", "admin_token"})
+"""Fields whose values never appear in an error message or a log."""
 
 
 class SettingsError(ValueError):
@@ -42,8 +48,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    env: Literal["development", "production"] = "development"
     secret: str = ""
     api_keys: str = ""
+    api_keys_file: str = ""
+    admin_token: str = ""
 
     host: str = "0.0.0.0"
     gateway_port: Port = 8080
@@ -84,15 +93,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     telemetry: bool = True
 
     @property
-    def keys_to_tenants(self) -> dict[str, str]:
-        """``SLUICE_API_KEYS`` as ``{key: tenant}``; empty means authentication is off."""
-        pairs = (item.strip() for item in self.api_keys.split(",") if item.strip())
-        return {key: tenant or key for key, _, tenant in (pair.partition(":") for pair in pairs)}
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys.strip() or self.api_keys_file)
 
     @property
-    def effective_secret(self) -> bytes:
-        """The HMAC key for read tokens; an unset secret is only acceptable in development."""
-        return (self.secret or "sluice-dev-secret").encode()
+    def secrets(self) -> tuple[bytes, ...]:
+        """The read-token keys: ``SLUICE_SECRET`` is a comma-separated rotation whose first
+        entry signs and every entry verifies. Unset, a development key stands in, which
+        :func:`check_secrets` allows only with authentication off outside production."""
+        listed = tuple(item.strip().encode() for item in self.secret.split(",") if item.strip())
+        return listed or (DEV_SECRET.encode(),)
+
+    @property
+    def signing_secret(self) -> bytes:
+        return self.secrets[0]
 
     @property
     def effective_runner_id(self) -> str:
@@ -105,6 +119,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             return str(configured).rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{getattr(self, f'{service}_port')}"
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse a forgeable read-token key wherever tokens guard one tenant from another."""
+    if not (settings.auth_enabled or settings.env == "production"):
+        return
+    why = "SLUICE_SECRET is required when SLUICE_API_KEYS is set or SLUICE_ENV=production"
+    if not settings.secret.strip():
+        raise SettingsError(f"{why}: it is unset")
+    for position, secret in enumerate(settings.secrets, 1):
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"{why}: entry {position} is {len(secret)} bytes, at least {MIN_SECRET_BYTES}"
+                " are required (e.g. `openssl rand -hex 32`)"
+            )
+        if secret.decode() in KNOWN_PLACEHOLDERS:
+            raise SettingsError(f"{why}: entry {position} is a published development value")
 
 
 def _decode_field(name: str, raw: str) -> Any:
@@ -122,13 +153,20 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             try:
                 values[field.name] = _decode_field(field.name, env[variable])
             except msgspec.DecodeError as exc:
-                raise SettingsError(f"{variable}={env[variable]!r}: {exc}") from None
-    shown = {name: env.get(PREFIX + name.upper(), value) for name, value in values.items()}
+                shown_value = _shown(field.name, env[variable])
+                raise SettingsError(f"{variable}={shown_value!r}: {exc}") from None
+    shown = {name: _shown(name, env[PREFIX + name.upper()]) for name in values}
     values.update(overrides)
     try:
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_variable(str(exc), shown | overrides)) from None
+        shown |= {name: _shown(name, value) for name, value in overrides.items()}
+        raise SettingsError(_name_variable(str(exc), shown)) from None
+
+
+def _shown(name: str, value: Any) -> Any:
+    """The value as an error message may show it: secrets are replaced by a marker."""
+    return "<redacted>" if name in SECRET_VARIABLES else value
 
 
 def _name_variable(message: str, values: Mapping[str, Any]) -> str:

@@ -4,11 +4,13 @@ Uses the NATS and Redis at ``SLUICE_NATS_URL`` / ``SLUICE_REDIS_URL`` when they
 answer; otherwise starts its own, on the configured port when it is free and on a
 free port when something else holds it (it never fights for a taken port). Then the
 four services as separate processes; Ctrl-C or SIGTERM stops everything it started.
+Unless ``SLUICE_SECRET`` is set, each run signs its read tokens with a fresh random one.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import tempfile
 import threading
@@ -66,6 +68,8 @@ def main(argv: list[str]) -> None:
             name: port if port_is_free(port) else free_port() for name, port in defaults.items()
         }
         stack = Stack(nats_url, redis_url, workdir)
+        if not settings.secret:
+            stack.env["SLUICE_SECRET"] = secrets.token_hex(32)
         stack.env["SLUICE_PUBLIC_GATEWAY_URL"] = f"http://127.0.0.1:{ports['gateway']}"
         stack.env["SLUICE_PUBLIC_STREAMER_URL"] = f"http://127.0.0.1:{ports['streamer']}"
         stack.start(ports)

@@ -41,7 +41,7 @@ async def cancel_stream(request: web.Request) -> web.Response:
 
 
 async def control(request: web.Request) -> web.WebSocketResponse:
-    tenant = request_tenant(request, request.app[SETTINGS])
+    tenant = request_tenant(request, request.app[SETTINGS], query_key=True)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=HARD_FRAME_BYTES)
     await ws.prepare(request)
     await ControlSession(ws, request.app[STREAMS], request.app[NATS_CLIENT], tenant).run()

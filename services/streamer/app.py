@@ -57,7 +57,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/streams/{id}/events``: status at once, then tokens, then done."""
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
     stream_id = request.match_info["id"]
-    verify_read_token(settings.effective_secret, stream_id, request.query.get("token"))
+    verify_read_token(settings.secrets, stream_id, request.query.get("token"))
     after = last_event_id(request)
     if hub.reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)

@@ -190,9 +190,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if request.app[HUB].reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
     message = build_submit(settings, tenant, body.stream_request(), DEFAULT_ABANDON_S)
-    token = mint_read_token(
-        settings.effective_secret, message.id, tenant, settings.read_token_ttl_s
-    )
+    token = mint_read_token(settings.signing_secret, message.id, settings.read_token_ttl_s)
     headers = {STREAM_ID_HEADER: message.id, READ_TOKEN_HEADER: token}
     if body.stream:
         return await _stream(request, body, message, headers)
