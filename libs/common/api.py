@@ -19,6 +19,32 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 )
 
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every integer a client sends fits 64 bits, as every wire format and backend expects."""
+
+METADATA_MAX_KEYS = 64
+METADATA_MAX_DEPTH = 8
+METADATA_MAX_BYTES = 16_384
+_json = msgspec.json.Encoder()
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Bound a request's free-form ``metadata``: it is stored with the stream and sent on."""
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValueError(f"`metadata` has more than {METADATA_MAX_KEYS} keys")
+    _check_nesting(metadata, METADATA_MAX_DEPTH)
+    if len(_json.encode(metadata)) > METADATA_MAX_BYTES:
+        raise ValueError(f"`metadata` is larger than {METADATA_MAX_BYTES} bytes as JSON")
+
+
+def _check_nesting(value: Any, depth_left: int) -> None:
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("`metadata` holds an integer beyond 64 bits")
+    if isinstance(value, dict | list):
+        if depth_left == 0:
+            raise ValueError(f"`metadata` is nested deeper than {METADATA_MAX_DEPTH} levels")
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_nesting(item, depth_left - 1)
 
 
 class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -27,7 +53,7 @@ class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ttft_ms: Annotated[int, Meta(ge=0, le=120_000)] = 300
     tokens_per_s: Annotated[float, Meta(gt=0, le=1_000_000)] = 50.0
     tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
-    seed: int = 0
+    seed: Int64 = 0
 
 
 class ContentPart(msgspec.Struct, frozen=True):
@@ -57,7 +83,7 @@ class Sampling(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
     stop: StopSequences | None = None
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
 
 
 class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -78,6 +104,7 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of `prompt` and `messages` is required")
+        check_metadata(self.metadata)
 
     @property
     def prompt_text(self) -> str:
@@ -109,9 +136,10 @@ class CreatedStream(msgspec.Struct):
     position: int | None = None
 
 
-class ErrorBody(msgspec.Struct):
+class ErrorBody(msgspec.Struct, omit_defaults=True):
     type: str
     message: str
+    correlation_id: str | None = None
 
 
 class ErrorEnvelope(msgspec.Struct):
@@ -127,6 +155,10 @@ def decode_with(decoder: msgspec.json.Decoder[T], body: str | bytes) -> T:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(str(exc)) from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
 
 
 _request_decoder = msgspec.json.Decoder(StreamRequest)
@@ -165,7 +197,8 @@ class StreamInfo(msgspec.Struct, omit_defaults=True):
 
 
 Ref = Annotated[str, Meta(max_length=128)] | None
-StreamRef = Annotated[str, Meta(min_length=1, max_length=64)]
+StreamRef = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A stream id as a client may name one: nothing that could change a subject or key."""
 
 
 class ControlFrame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ class SluiceError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.correlation_id: str | None = None
 
 
 class InvalidRequest(SluiceError):
@@ -110,6 +111,17 @@ class Unavailable(SluiceError):
     type = "unavailable"
     status = 503
     retryable = True
+
+
+class Internal(SluiceError):
+    """Something unexpected; the client gets only the correlation id that finds it in the logs."""
+
+    type = "internal"
+    status = 500
+
+    def __init__(self, message: str, correlation_id: str) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
 
 
 BY_TYPE: dict[str, type[SluiceError]] = {

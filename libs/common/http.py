@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from libs.common import metrics
-from libs.common.api import ErrorBody, ErrorEnvelope
+from libs.common.api import ErrorEnvelope
+from libs.common.boundary import classify, error_body
 from libs.common.errors import InvalidRequest, NotFound, SluiceError, TooLarge
 from libs.common.keys import key_ring
 from libs.common.settings import Settings
@@ -34,7 +36,7 @@ def error_response(error: SluiceError) -> web.Response:
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-    envelope = ErrorEnvelope(ErrorBody(type=error.type, message=error.message))
+    envelope = ErrorEnvelope(error_body(error))
     return json_response(envelope, status=error.status, headers=headers)
 
 
@@ -49,18 +51,20 @@ def _from_http_exception(exc: web.HTTPException) -> SluiceError:
 
 
 def error_middleware(service: str) -> Middleware:
-    """Turn every :class:`SluiceError` (and aiohttp's own 4xx) into the contract's JSON body."""
+    """Answer every failure in the contract's JSON body (see :mod:`libs.common.boundary`)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except SluiceError as exc:
-            error = exc
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             error = _from_http_exception(exc)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            error = classify(exc)
         labels = {"service": service, "type": error.type, "class": f"{error.status // 100}xx"}
         metrics.http_errors.add(1, labels)
         return error_response(error)

@@ -20,6 +20,7 @@ from libs.common.api import (
     Sampling,
     SimParams,
     StreamRequest,
+    check_metadata,
     decode_with,
 )
 
@@ -53,6 +54,9 @@ class ChatRequest(
     supersede: bool | None = None
     debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        check_metadata(self.metadata)
 
     @property
     def sampling(self) -> Sampling | None:

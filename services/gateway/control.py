@@ -29,7 +29,6 @@ from libs.common.api import (
     AckFrame,
     CancelFrame,
     ClientFrame,
-    ErrorBody,
     ErrorFrame,
     FeedbackFrame,
     PingFrame,
@@ -40,6 +39,7 @@ from libs.common.api import (
     decode_frame,
     frame_ref,
 )
+from libs.common.boundary import classify, error_body
 from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import lifecycle_codec
@@ -120,9 +120,11 @@ class ControlSession:
             ref = frame.ref
             for reply in await self._handle(frame):
                 self.send(reply)
-        except SluiceError as exc:
-            error = ErrorBody(type=exc.type, message=exc.message)
-            self.send(ErrorFrame(error=error, ref=ref, retry_after_s=exc.retry_after_s))
+        except Exception as exc:  # one bad frame never ends the socket
+            error = classify(exc)
+            self.send(
+                ErrorFrame(error=error_body(error), ref=ref, retry_after_s=error.retry_after_s)
+            )
 
     async def _handle(self, frame: ClientFrame) -> list[ServerFrame]:
         if isinstance(frame, PingFrame):

@@ -8,13 +8,15 @@ import resource
 import socket
 from collections.abc import AsyncIterator
 
+import msgspec
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from libs.common import metrics, sse, tracing
 from libs.common.api import FINAL_STATUSES
-from libs.common.auth import verify_read_token
-from libs.common.errors import InvalidRequest, Overloaded, Unavailable
+from libs.common.auth import is_stream_id, verify_read_token
+from libs.common.boundary import classify, error_body
+from libs.common.errors import InvalidRequest, NotFound, Overloaded, SluiceError, Unavailable
 from libs.common.retry import TRANSIENT
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
@@ -32,10 +34,17 @@ SSE_HEADERS = {
 }
 
 
+MAX_EVENT_ID_DIGITS = 18
+"""A token index below 10**18 fits the log's 64-bit entry ids with room to spare."""
+
+
 def last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    if not raw.strip().isdigit():
-        raise InvalidRequest(f"Last-Event-ID must be a token index, got {raw!r}")
+    raw = (
+        request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    ).strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_EVENT_ID_DIGITS):
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise InvalidRequest(f"Last-Event-ID must be a token index below 10**18, got {shown!r}")
     return int(raw)
 
 
@@ -58,6 +67,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
     stream_id = request.match_info["id"]
     verify_read_token(settings.secrets, stream_id, request.query.get("token"))
+    if not is_stream_id(stream_id):
+        raise NotFound("no such stream")
     after = last_event_id(request)
     if hub.reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
@@ -68,6 +79,25 @@ async def events(request: web.Request) -> web.StreamResponse:
         error = {"type": EXPIRED.type, "message": EXPIRED.message, "retryable": False}
         await response.write(sse.RETRY + sse.json_frame("error", error))
         return response
+    try:
+        await _deliver(request, response, stream_id, meta, after)
+    except ConnectionError:
+        pass  # the client left
+    except Exception as exc:  # headers are out: the failure is an event, never a cut body
+        await response.write(sse.RETRY + sse.json_frame("error", _retryable(classify(exc))))
+    return response
+
+
+def _retryable(error: SluiceError) -> dict[str, object]:
+    """An SSE ``error`` after the headers: the client reconnects with Last-Event-ID."""
+    body = msgspec.to_builtins(error_body(error))
+    return {**body, "retryable": True}
+
+
+async def _deliver(
+    request: web.Request, response: web.StreamResponse, stream_id: str, meta: StreamMeta, after: int
+) -> None:
+    settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
     reader = Reader(
         stream_id,
         response,
@@ -86,7 +116,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         await reader.open(StatusChange(status=meta.status))
         async with hub.reading(reader):
             await reader.serve()
-    return response
 
 
 def _raise_open_files_limit() -> None:

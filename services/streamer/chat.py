@@ -18,6 +18,7 @@ from aiohttp import web
 
 from libs.common import metrics
 from libs.common.auth import mint_read_token
+from libs.common.boundary import classify
 from libs.common.errors import Overloaded, SluiceError, Unavailable, from_type
 from libs.common.http import Handler, error_response, json_response, read_body, request_tenant
 from libs.common.openai_wire import (
@@ -170,7 +171,10 @@ def openai_errors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except SluiceError as error:
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            error = classify(exc)
             labels = {
                 "service": "streamer",
                 "type": error.type,
