@@ -34,20 +34,31 @@ TABLE: tuple[
 
 
 def classify(exc: BaseException) -> SluiceError:
-    """The error a client is shown for ``exc``; an unexpected one is logged here, once."""
+    """The error a client is shown for ``exc``; what it must not see is logged here, once."""
     if isinstance(exc, SluiceError):
-        return exc
+        return with_detail_logged(exc)
     for kinds, to_error in TABLE:
         if isinstance(exc, kinds):
             return to_error(exc)
+    correlation_id = log_with_correlation_id("unexpected error", exc)
+    return Internal(f"internal error (correlation id {correlation_id})", correlation_id)
+
+
+def with_detail_logged(error: SluiceError) -> SluiceError:
+    """An error with a log-only ``detail``: the detail is logged, the client gets the id."""
+    if error.detail and error.correlation_id is None:
+        error.correlation_id = log_with_correlation_id(f"{error.message}: {error.detail}")
+        error.message = f"{error.message} (correlation id {error.correlation_id})"
+    return error
+
+
+def log_with_correlation_id(what: str, exc: BaseException | None = None) -> str:
+    """Log ``what`` (and the exception's traceback) under a fresh id a client can quote."""
     correlation_id = secrets.token_hex(8)
     log.error(
-        "unexpected error %s",
-        correlation_id,
-        exc_info=exc,
-        extra={"correlation_id": correlation_id},
+        "%s [%s]", what, correlation_id, exc_info=exc, extra={"correlation_id": correlation_id}
     )
-    return Internal(f"internal error (correlation id {correlation_id})", correlation_id)
+    return correlation_id
 
 
 def error_body(error: SluiceError) -> ErrorBody:

@@ -16,10 +16,14 @@ class SluiceError(Exception):
     status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail
+        """For the logs only: what the client must not see (an upstream's words, a URL)."""
         self.correlation_id: str | None = None
 
 

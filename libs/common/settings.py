@@ -38,9 +38,28 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base_url: str = ""
     upstream_model: str = ""
     api_key: str = ""
+    api_key_env: str = ""
+    api_key_file: str = ""
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_retries: int = 2
+
+    def upstream_key(self) -> str:
+        """The key for the upstream: inline, or named by an environment variable or a file,
+        so that ``SLUICE_MODELS`` itself need hold no secret."""
+        if self.api_key_env:
+            if self.api_key_env not in os.environ:
+                raise SettingsError(f"SLUICE_MODELS: api_key_env names unset {self.api_key_env}")
+            return os.environ[self.api_key_env].strip()
+        if self.api_key_file:
+            try:
+                with open(self.api_key_file, encoding="utf-8") as file:
+                    return file.read().strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"SLUICE_MODELS: api_key_file {self.api_key_file!r}: {exc.strerror}"
+                ) from None
+        return self.api_key
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):

@@ -17,8 +17,9 @@ from collections import deque
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
+from libs.common.boundary import log_with_correlation_id, with_detail_logged
 from libs.common.control import end_stream
-from libs.common.errors import SluiceError
+from libs.common.errors import SluiceError, UpstreamError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
@@ -174,16 +175,12 @@ class Generation:
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
             )
-        if isinstance(error, SluiceError):
-            return Failed(
-                type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
-            )
-        log.error("backend failed", exc_info=error, extra={"stream_id": self.id})
+        if not isinstance(error, SluiceError):
+            correlation_id = log_with_correlation_id("backend failed", error)
+            error = UpstreamError(f"the model backend failed (correlation id {correlation_id})")
+        error = with_detail_logged(error)
         return Failed(
-            type="upstream_error",
-            message=f"model backend failed: {error}",
-            retryable=True,
-            tokens=self.count,
+            type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
         )
 
     async def _finish(self, terminal: Done | Failed) -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from libs.common.settings import SettingsError, check_secrets, load_settings, variable_names
@@ -94,3 +97,17 @@ def test_a_bad_models_value_does_not_print_its_api_key() -> None:
     with pytest.raises(SettingsError) as error:
         load_settings({"SLUICE_MODELS": models})
     assert "SLUICE_MODELS" in str(error.value) and "sk-live-123" not in str(error.value)
+
+
+def test_an_upstream_key_may_come_from_an_environment_variable_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
+    (tmp_path / "key").write_text("sk-from-file\n")
+    models = {"a": {"api_key_env": "UPSTREAM_KEY"}, "b": {"api_key_file": str(tmp_path / "key")}}
+    settings = load_settings({"SLUICE_MODELS": json.dumps(models)})
+    assert settings.models["a"].upstream_key() == "sk-from-env"
+    assert settings.models["b"].upstream_key() == "sk-from-file"
+    missing = load_settings({"SLUICE_MODELS": '{"c": {"api_key_env": "NOT_SET_ANYWHERE"}}'})
+    with pytest.raises(SettingsError, match="NOT_SET_ANYWHERE"):
+        missing.models["c"].upstream_key()
