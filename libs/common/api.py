@@ -22,6 +22,8 @@ Name = Annotated[str, Meta(min_length=1, max_length=128)]
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 """Every integer a client sends fits 64 bits, as every wire format and backend expects."""
 
+PROMPT_MAX_CHARS = 16 * 1024 * 1024
+"""Far above the body limit's default: the limit an operator sets is the one that binds."""
 METADATA_MAX_KEYS = 64
 METADATA_MAX_DEPTH = 8
 METADATA_MAX_BYTES = 16_384
@@ -72,6 +74,20 @@ class Message(msgspec.Struct, frozen=True):
         return "".join(part.text for part in self.content if part.type == "text")
 
 
+def prompt_text(prompt: str | None, messages: list[Message] | None) -> str:
+    """The text the simulated model answers: the prompt, or the messages joined."""
+    if prompt is not None:
+        return prompt
+    return "\n".join(f"{m.role}: {m.text}" for m in messages or ())
+
+
+def chat_messages(prompt: str | None, messages: list[Message] | None) -> list[Message]:
+    """The request as a chat: its messages, or its prompt as the one user message."""
+    if messages is not None:
+        return messages
+    return [Message(role="user", content=prompt or "")]
+
+
 StopSequences = Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta(max_length=4)]
 
 
@@ -91,7 +107,7 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     model: Name = "sim"
     messages: Annotated[list[Message], Meta(min_length=1, max_length=1024)] | None = None
-    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    prompt: Annotated[str, Meta(max_length=PROMPT_MAX_CHARS)] | None = None
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] = 256
     conversation_id: Name | None = None
     supersede: bool | None = None
@@ -108,15 +124,10 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def prompt_text(self) -> str:
-        """The text the simulated model answers: the prompt, or the messages joined."""
-        if self.prompt is not None:
-            return self.prompt
-        return "\n".join(f"{m.role}: {m.text}" for m in self.messages or ())
+        return prompt_text(self.prompt, self.messages)
 
     def chat_messages(self) -> list[Message]:
-        if self.messages is not None:
-            return self.messages
-        return [Message(role="user", content=self.prompt or "")]
+        return chat_messages(self.prompt, self.messages)
 
     def resolved_supersede(self) -> bool:
         return self.conversation_id is not None and self.supersede is not False

@@ -73,13 +73,17 @@ def error_middleware(service: str) -> Middleware:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing with 413 past ``limit`` without reading it all."""
+    """The whole request body, however it arrives in pieces; 413 past ``limit``, without
+    reading further."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise TooLarge(f"body exceeds the limit of {limit} bytes")
-    return body
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def request_tenant(request: web.Request, settings: Settings, *, query_key: bool = False) -> str:

@@ -37,6 +37,11 @@ def meta_key(stream_id: str) -> str:
     return f"sluice:meta:{stream_id}"
 
 
+def prompt_key(stream_id: str) -> str:
+    """A large request's prompt, parked while the stream waits for a runner."""
+    return f"sluice:prompt:{stream_id}"
+
+
 def conversation_key(tenant: str, conversation_id: str) -> str:
     """Scoped by tenant so two tenants' conversation ids never collide."""
     return f"sluice:conv:{tenant}:{conversation_id}"

@@ -34,7 +34,7 @@ class Streams:
 
     async def admit(self, message: Submit) -> CreatedStream:
         """Hand a prepared stream to a coordinator; the answer of POST /v1/streams."""
-        accepted = await submit(self._nc, self.settings, message)
+        accepted = await submit(self._nc, self.store.redis, self.settings, message)
         token = mint_read_token(
             self.settings.signing_secret, message.id, self.settings.read_token_ttl_s
         )

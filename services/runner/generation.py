@@ -20,6 +20,7 @@ from libs.common import metrics, names
 from libs.common.boundary import log_with_correlation_id, with_detail_logged
 from libs.common.control import end_stream
 from libs.common.errors import SluiceError, UpstreamError
+from libs.common.prompts import fetch_parked
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
@@ -121,15 +122,19 @@ class Generation:
             return
         reason, requested_ns = state
         await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(
-            self._backend.generate(self.submit, self.outcome, self)
-        )
+        self._producer = asyncio.create_task(self._generate())
         if reason:
             self.cancel(reason, requested_ns)
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
         await self._log.drain(self._buffer)
         await self._finish(self._terminal(stopped_ns))
+
+    async def _generate(self) -> None:
+        self.submit = await retry_forever(
+            lambda: fetch_parked(self._store.redis, self.submit), "fetch the prompt", self.id
+        )
+        await self._backend.generate(self.submit, self.outcome, self)
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.Sink` side)."""

@@ -36,7 +36,7 @@ from libs.common.openai_wire import (
     Usage,
     decode_chat_request,
 )
-from libs.common.service import NATS_CLIENT, SETTINGS
+from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS
 from libs.common.submit import build_submit, known_models, submit
 from libs.common.wire import Done, Failed, StatusChange, Submit
 from services.streamer.app import HUB, SSE_HEADERS, STORE
@@ -228,7 +228,9 @@ async def _serve(
 ) -> str:
     """Subscribe, submit, then serve; subscribing first means no token is published unseen."""
     async with request.app[HUB].reading(reader):
-        accepted = await submit(request.app[NATS_CLIENT], request.app[SETTINGS], message)
+        accepted = await submit(
+            request.app[NATS_CLIENT], request.app[REDIS_CLIENT], request.app[SETTINGS], message
+        )
         if response is not None:
             await response.prepare(request)
         return await reader.serve(StatusChange(status=accepted.status))

@@ -66,7 +66,7 @@ class OpenAIBackend:
     async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[str]:
         request = ChatRequest(
             model=self._spec.upstream_model or submit.model,
-            messages=submit.messages,
+            messages=submit.chat_messages(),
             max_tokens=submit.max_tokens,
             stream=True,
             stream_options=StreamOptions(include_usage=True),

@@ -135,7 +135,7 @@ class SimBackend:
         done = asyncio.get_running_loop().create_future()
         sequence = _Sequence(
             sink,
-            sim_tokens(submit.prompt, params.seed),
+            sim_tokens(submit.prompt_text, params.seed),
             start=time.monotonic() + params.ttft_ms / 1000,
             interval=1.0 / params.tokens_per_s,
             count=count,
@@ -144,7 +144,7 @@ class SimBackend:
         if count:
             self._schedule(sequence)
             await done  # a cancel cancels ``done`` too, so the loop drops the sequence
-        outcome.prompt_tokens = len(submit.prompt.split())
+        outcome.prompt_tokens = len(submit.prompt_text.split())
         outcome.completion_tokens = count
 
     async def close(self) -> None:
