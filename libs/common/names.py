@@ -9,6 +9,7 @@ STATS = "sluice.stats"
 COORDINATOR_QUEUE = "coordinator"
 
 ALL_CONTROL = "sluice.stream.*.control"
+ALL_LIFECYCLE = "sluice.stream.*.lifecycle"
 
 
 def runner_start(runner_id: str) -> str:

@@ -106,6 +106,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     queue_max: Annotated[int, Meta(ge=0)] = 1_000
     queue_wait_s: Positive = 30.0
     tenant_max_streams: Count = 1_000
+    tenant_max_running: Annotated[int, Meta(ge=0)] = 0
+    max_stream_s: Positive = 3_600.0
     submit_timeout_s: Positive = 5.0
 
     log_level: str = "INFO"

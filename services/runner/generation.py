@@ -88,6 +88,9 @@ class Generation:
         if lease.readers:
             self.unread = 0  # a reader (back) reads from the log what no one read meanwhile
 
+    def age_s(self) -> float:
+        return time.monotonic() - self.started_mono
+
     def idle_s(self) -> float:
         """Seconds no one has read this stream (counted from its start if no one ever did)."""
         return time.monotonic() - max(self.started_mono, self.read_until)
