@@ -16,10 +16,13 @@ from libs.common.api import ErrorEnvelope
 from libs.common.boundary import classify, error_body
 from libs.common.errors import InvalidRequest, NotFound, SluiceError, TooLarge
 from libs.common.keys import key_ring
+from libs.common.limits import TenantLimits
 from libs.common.settings import Settings
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
+
+LIMITS = web.AppKey("limits", TenantLimits)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,7 +90,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def request_tenant(request: web.Request, settings: Settings, *, query_key: bool = False) -> str:
-    """The tenant named by the request's API key (``anonymous`` when keys are off).
+    """The tenant named by the request's API key (``anonymous`` when keys are off), counted
+    against its request rate.
 
     ``?api_key=`` counts only where ``query_key`` says a browser cannot send a header (a
     WebSocket); anywhere else a key in the URL would end up in access logs and histories.
@@ -95,4 +99,6 @@ def request_tenant(request: web.Request, settings: Settings, *, query_key: bool 
     authorization = request.headers.get("Authorization")
     if authorization is None and query_key:
         authorization = request.query.get("api_key")
-    return key_ring(settings.api_keys, settings.api_keys_file).tenant_for(authorization)
+    tenant = key_ring(settings.api_keys, settings.api_keys_file).tenant_for(authorization)
+    request.app[LIMITS].request(tenant)
+    return tenant

@@ -17,8 +17,9 @@ from aiohttp import web
 
 from libs.common.connections import connect_nats, connect_redis
 from libs.common.direct_nats import DirectNATS
-from libs.common.http import error_middleware, json_response
+from libs.common.http import LIMITS, error_middleware, json_response
 from libs.common.keys import key_ring
+from libs.common.limits import TenantLimits
 from libs.common.logs import setup_logging
 from libs.common.process import prepare_process
 from libs.common.settings import Settings, check_secrets
@@ -83,6 +84,7 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SERVICE_NAME] = service
+    app[LIMITS] = TenantLimits(settings)
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -107,6 +107,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     queue_wait_s: Positive = 30.0
     tenant_max_streams: Count = 1_000
     tenant_max_running: Annotated[int, Meta(ge=0)] = 0
+    tenant_requests_per_s: Positive = 50.0
+    tenant_request_burst: Count = 100
+    tenant_frames_per_s: Positive = 100.0
+    tenant_frame_burst: Count = 200
+    tenant_max_sockets: Count = 100
+    tenant_max_sse: Count = 2_000
     max_stream_s: Positive = 3_600.0
     submit_timeout_s: Positive = 5.0
 

@@ -13,7 +13,6 @@ the client always hears of a stream before it hears of its status).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
@@ -41,6 +40,7 @@ from libs.common.api import (
 )
 from libs.common.boundary import classify, error_body
 from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
+from libs.common.limits import TenantLimits, TokenBucket
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import lifecycle_codec
 from services.gateway.streams import Streams
@@ -53,24 +53,17 @@ OUTBOX = 1024
 _json = msgspec.json.Encoder()
 
 
-class TokenBucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class ControlSession:
-    def __init__(self, ws: web.WebSocketResponse, streams: Streams, nc: NATS, tenant: str) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        streams: Streams,
+        nc: NATS,
+        tenant: str,
+        limits: TenantLimits,
+    ) -> None:
         self._ws = ws
+        self._limits = limits
         self._streams = streams
         self._nc = nc
         self._tenant = tenant
@@ -112,6 +105,7 @@ class ControlSession:
                 raise TooLarge(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
             if not self._bucket.take():
                 raise RateLimited(f"more than {FRAMES_PER_S:g} frames/s", retry_after_s=1)
+            self._limits.frame(self._tenant)
             try:
                 frame = decode_frame(data)
             except InvalidRequest:

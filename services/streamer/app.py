@@ -17,6 +17,7 @@ from libs.common.api import FINAL_STATUSES
 from libs.common.auth import is_stream_id, verify_read_token
 from libs.common.boundary import classify, error_body
 from libs.common.errors import InvalidRequest, NotFound, Overloaded, SluiceError, Unavailable
+from libs.common.http import LIMITS
 from libs.common.retry import TRANSIENT
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
@@ -73,6 +74,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     if hub.reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
     meta = await readable_meta(store, stream_id)
+    tenant = meta.tenant if meta else ""
+    with request.app[LIMITS].connection("SSE streams", tenant, settings.tenant_max_sse):
+        return await _respond(request, stream_id, meta, after)
+
+
+async def _respond(
+    request: web.Request, stream_id: str, meta: StreamMeta | None, after: int
+) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     if meta is None:
