@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_keys: str = ""
     api_keys_file: str = ""
     admin_token: str = ""
+    admin_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
     host: str = "0.0.0.0"
     gateway_port: Port = 8080
@@ -127,7 +128,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def secrets(self) -> tuple[bytes, ...]:
         """The read-token keys: ``SLUICE_SECRET`` is a comma-separated rotation whose first
         entry signs and every entry verifies. Unset, a development key stands in, which
-        :func:`check_secrets` allows only with authentication off outside production."""
+        :func:`check_deployment` allows only with authentication off outside production."""
         listed = tuple(item.strip().encode() for item in self.secret.split(",") if item.strip())
         return listed or (DEV_SECRET.encode(),)
 
@@ -148,8 +149,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return f"http://{host}:{getattr(self, f'{service}_port')}"
 
 
-def check_secrets(settings: Settings) -> None:
-    """Refuse a forgeable read-token key wherever tokens guard one tenant from another."""
+def check_deployment(settings: Settings) -> None:
+    """Refuse what is unsafe on the internet: a forgeable read-token key wherever tokens
+    guard one tenant from another, and open operator endpoints in production."""
+    if settings.env == "production" and not (settings.admin_port or settings.admin_token):
+        raise SettingsError(
+            "SLUICE_ENV=production needs SLUICE_ADMIN_PORT or SLUICE_ADMIN_TOKEN:"
+            " /metrics and /dashboard must not be public"
+        )
     if not (settings.auth_enabled or settings.env == "production"):
         return
     why = "SLUICE_SECRET is required when SLUICE_API_KEYS is set or SLUICE_ENV=production"

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from deploy_support import DEPLOY, ROOT, ROUTES, SERVICES, sluice_variables, yaml
+from deploy_support import ADMIN_PORT, DEPLOY, ROOT, ROUTES, SERVICES, sluice_variables, yaml
 
 from libs.common.settings import variable_names
 
@@ -81,7 +81,7 @@ def test_prometheus_scrapes_every_service_port_as_its_job() -> None:
         job["job_name"]: [(sd["names"], sd["port"]) for sd in job["dns_sd_configs"]]
         for job in config["scrape_configs"]
     }
-    assert jobs == {name: [([name], port)] for name, port in SERVICES.items()}
+    assert jobs == {name: [([name], ADMIN_PORT)] for name in SERVICES}
 
 
 def nginx_locations() -> list[tuple[str, str, str]]:

@@ -20,6 +20,7 @@ from tests.integration.helpers import final, read_stream, sim
 NEW_SECRET = "a-new-secret-that-signs-every-token-now"
 OLD_SECRET = "the-old-secret-still-verifying-its-tokens"
 HASHED_KEY = "key-of-bob-stored-only-as-its-digest"
+ADMIN_TOKEN = "operator-token-for-metrics"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SLUICE_SECRET": f"{NEW_SECRET},{OLD_SECRET}",
             "SLUICE_API_KEYS": "key-of-alice:alice",
             "SLUICE_API_KEYS_FILE": str(keys_file),
+            "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
         try:
@@ -101,3 +103,45 @@ async def test_an_api_key_in_the_query_string_counts_only_on_the_control_socket(
     async with session.ws_connect(f"{keyed.gateway}/v1/control?api_key=key-of-alice") as ws:
         await ws.send_json({"type": "ping", "ref": "p"})
         assert (await ws.receive_json(timeout=10))["type"] == "pong"
+
+
+async def status_of(session: aiohttp.ClientSession, url: str, **headers: str) -> int:
+    async with session.get(url, headers=headers) as answer:
+        if answer.status != 200:
+            assert "error" in await answer.json()
+        return answer.status
+
+
+async def test_operator_endpoints_need_the_admin_token_on_the_public_port(
+    keyed: Stack, session: aiohttp.ClientSession
+) -> None:
+    for service in keyed.services:
+        assert await status_of(session, f"{service.url}/metrics") == 401
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert await status_of(session, f"{service.url}/metrics", **bearer) == 200
+    gateway = keyed.gateway
+    assert await status_of(session, f"{gateway}/dashboard/stats") == 401
+    assert await status_of(session, f"{gateway}/dashboard?admin_token={ADMIN_TOKEN}") == 200
+    assert await status_of(session, f"{gateway}/dashboard/stats?admin_token=nope") == 401
+
+
+async def test_with_an_admin_port_operator_endpoints_are_served_there_alone(
+    keyed: Stack, session: aiohttp.ClientSession
+) -> None:
+    admin_port = free_port()
+    gateway = keyed.add("gateway", SLUICE_ADMIN_PORT=str(admin_port))
+    try:
+        gateway.wait_ready()
+        admin = f"http://127.0.0.1:{admin_port}"
+        assert await status_of(session, f"{gateway.url}/metrics") == 404
+        assert await status_of(session, f"{gateway.url}/dashboard") == 404
+        assert await status_of(session, f"{admin}/metrics") == 200
+        assert await status_of(session, f"{admin}/dashboard/stats") == 200
+        assert await status_of(session, f"{admin}/readyz") == 200
+        assert await status_of(session, f"{admin}/v1/streams/st_x") == 404
+        alice = SluiceClient(session, gateway.url, api_key="key-of-alice")
+        created = await alice.create(prompt="hi", sim=sim(tokens=2))
+        assert final(await read_stream(session, created["events_url"])).type == "done"
+    finally:
+        gateway.stop()
+        keyed.services.remove(gateway)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.settings import SettingsError, check_secrets, load_settings, variable_names
+from libs.common.settings import SettingsError, check_deployment, load_settings, variable_names
 
 
 def test_defaults_suit_local_development() -> None:
@@ -67,29 +67,39 @@ STRONG = "x" * 32
     "env",
     [
         {"SLUICE_API_KEYS": "k:acme"},
-        {"SLUICE_ENV": "production"},
+        {"SLUICE_ENV": "production", "SLUICE_ADMIN_PORT": "9090"},
         {"SLUICE_API_KEYS_FILE": "/keys", "SLUICE_SECRET": "short"},
         {"SLUICE_API_KEYS": "k:acme", "SLUICE_SECRET": "sluice-dev-secret"},
         {"SLUICE_API_KEYS": "k:acme", "SLUICE_SECRET": f"{STRONG},short"},
-        {"SLUICE_ENV": "production", "SLUICE_SECRET": "compose-dev-secret"},
+        {
+            "SLUICE_ENV": "production",
+            "SLUICE_SECRET": "compose-dev-secret",
+            "SLUICE_ADMIN_PORT": "1",
+        },
     ],
 )
 def test_a_forgeable_secret_is_refused_where_tokens_guard_tenants(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as error:
-        check_secrets(load_settings(env))
+        check_deployment(load_settings(env))
     assert "SLUICE_SECRET" in str(error.value)
     assert "short" not in str(error.value) and "dev-secret" not in str(error.value)
 
 
 def test_secret_rotation_is_a_list_whose_first_entry_signs() -> None:
-    settings = load_settings({"SLUICE_SECRET": f"{STRONG}, {'y' * 40}", "SLUICE_ENV": "production"})
-    check_secrets(settings)
+    settings = load_settings(
+        {
+            "SLUICE_SECRET": f"{STRONG}, {'y' * 40}",
+            "SLUICE_ENV": "production",
+            "SLUICE_ADMIN_TOKEN": "t",
+        }
+    )
+    check_deployment(settings)
     assert settings.secrets == (STRONG.encode(), b"y" * 40)
     assert settings.signing_secret == STRONG.encode()
 
 
 def test_development_without_keys_may_run_on_the_development_key() -> None:
-    check_secrets(load_settings({}))
+    check_deployment(load_settings({}))
 
 
 def test_a_bad_models_value_does_not_print_its_api_key() -> None:
@@ -111,3 +121,11 @@ def test_an_upstream_key_may_come_from_an_environment_variable_or_a_file(
     missing = load_settings({"SLUICE_MODELS": '{"c": {"api_key_env": "NOT_SET_ANYWHERE"}}'})
     with pytest.raises(SettingsError, match="NOT_SET_ANYWHERE"):
         missing.models["c"].upstream_key()
+
+
+def test_production_refuses_public_operator_endpoints() -> None:
+    env = {"SLUICE_ENV": "production", "SLUICE_SECRET": STRONG}
+    with pytest.raises(SettingsError, match="SLUICE_ADMIN_PORT or SLUICE_ADMIN_TOKEN"):
+        check_deployment(load_settings(env))
+    check_deployment(load_settings({**env, "SLUICE_ADMIN_PORT": "9090"}))
+    check_deployment(load_settings({**env, "SLUICE_ADMIN_TOKEN": "operator-token"}))
