@@ -107,7 +107,7 @@ class SSEParser:
             elif name == "id":
                 if "\x00" not in value:
                     self.last_event_id = value
-            elif name == "retry" and value.isascii() and value.isdigit():
+            elif name == "retry" and value.isascii() and value.isdigit() and len(value) < 16:
                 self.retry = int(value)
             # any other name, and a comment (a line starting with ":"), is ignored
         return events

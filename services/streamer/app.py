@@ -40,9 +40,14 @@ MAX_EVENT_ID_DIGITS = 18
 
 
 def last_event_id(request: web.Request) -> int:
-    raw = (
+    return parse_last_event_id(
         request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    ).strip()
+    )
+
+
+def parse_last_event_id(raw: str) -> int:
+    """The token index to resume after; anything but a plain index is a 400."""
+    raw = raw.strip()
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_EVENT_ID_DIGITS):
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InvalidRequest(f"Last-Event-ID must be a token index below 10**18, got {shown!r}")
