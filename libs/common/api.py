@@ -297,6 +297,6 @@ _ref_decoder = msgspec.json.Decoder(_FrameRef)
 def frame_ref(text: str | bytes) -> str | None:
     """The ``ref`` of a frame that failed to decode, if it has a readable one, for its error."""
     try:
-        return _ref_decoder.decode(text).ref
-    except msgspec.DecodeError:
+        return decode_with(_ref_decoder, text).ref
+    except InvalidRequest:
         return None

@@ -9,7 +9,12 @@ import sys
 from libs.common.settings import SettingsError
 
 SERVICES = ("gateway", "coordinator", "runner", "streamer")
-TOOLS = {"dev": "libs.tools.dev", "bench": "libs.tools.bench", "top": "libs.tools.top"}
+TOOLS = {
+    "dev": "libs.tools.dev",
+    "bench": "libs.tools.bench",
+    "top": "libs.tools.top",
+    "fuzz": "libs.tools.fuzz",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats import errors as nats_errors
 
-from libs.common.api import decode_frame, decode_request
+from libs.common.api import decode_frame, decode_request, frame_ref
 from libs.common.auth import mint_read_token, verify_read_token
 from libs.common.direct_nats import DirectNATS
 from libs.common.errors import Forbidden, InvalidRequest, SluiceError, Unauthorized
@@ -85,6 +85,13 @@ def test_stream_requests_decode_or_fail_as_invalid_request(data: bytes) -> None:
 @given(st.one_of(raw_bytes, bodies.map(msgspec.json.encode)))
 def test_control_frames_decode_or_fail_as_invalid_request(data: bytes) -> None:
     only_invalid_request(decode_frame, data)
+
+
+@FUZZ
+@given(st.one_of(raw_bytes, bodies.map(msgspec.json.encode), st.just(b'{"a":' * 5000)))
+def test_a_bad_frames_ref_is_read_or_none(data: bytes) -> None:
+    ref = frame_ref(data)
+    assert ref is None or isinstance(ref, str)
 
 
 @FUZZ

@@ -1,0 +1,34 @@
+"""A short fuzz pass against real processes (``sluice fuzz --requests N`` runs longer ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libs.tools.fuzz import SUITE_ENV, fuzz_suite, suite_problems
+from libs.tools.stack import Service, Stack
+from tests.conftest import FAST_ENV, own_servers
+
+REQUESTS = 3_000
+
+
+def test_random_and_mutated_requests_get_contract_answers_and_leave_the_suite_clean(
+    tmp_path: Path,
+) -> None:
+    with own_servers(tmp_path) as (nats, redis):
+        stack = Stack(nats.url, f"{redis.url}/0", tmp_path, env={**FAST_ENV, **SUITE_ENV})
+        try:
+            report = fuzz_suite(stack.start(), REQUESTS, seed=7)
+        finally:
+            stack.stop()
+    assert report.sent >= REQUESTS
+    assert report.problems == [], "\n".join(report.problems[:20])
+    assert len(report.answers) > 20, "the fuzz reached every endpoint with varied answers"
+
+
+def test_the_fuzzer_notices_a_traceback_in_a_log(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    log.write_text('{"level":"error","exc":"Traceback (most recent call last): ..."}\n')
+    service = Service("gateway", 1, {}, log)
+    problems = suite_problems(Stack("", "", tmp_path, services=[service]))
+    assert any("not running" in p for p in problems)
+    assert any("logged" in p for p in problems)
