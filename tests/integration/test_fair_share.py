@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import private_suite
 from tests.integration.helpers import final, read_stream, sim
 
 SLOTS = 8
@@ -21,19 +20,12 @@ MAX_STREAM_S = 8
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One small runner shared by two tenants."""
-    tmp: Path = tmp_path_factory.mktemp("fair")
-    with own_servers(tmp) as (nats, redis):
-        env = {
-            **FAST_ENV,
-            "SLUICE_API_KEYS": "key-a:alice,key-b:bob",
-            "SLUICE_RUNNER_SLOTS": str(SLOTS),
-            "SLUICE_MAX_STREAM_S": str(MAX_STREAM_S),
-        }
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    env = {
+        "SLUICE_API_KEYS": "key-a:alice,key-b:bob",
+        "SLUICE_RUNNER_SLOTS": str(SLOTS),
+        "SLUICE_MAX_STREAM_S": str(MAX_STREAM_S),
+    }
+    yield from private_suite(tmp_path_factory, "fair", env)
 
 
 async def until_status(client: SluiceClient, stream_id: str, wanted: str) -> dict[str, object]:

@@ -14,7 +14,7 @@ from libs.common.auth import mint_read_token
 from libs.tools.client import SluiceClient
 from libs.tools.servers import free_port
 from libs.tools.stack import Service, Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import FAST_ENV, private_suite
 from tests.integration.helpers import final, read_stream, sim
 
 NEW_SECRET = "a-new-secret-that-signs-every-token-now"
@@ -26,23 +26,16 @@ ADMIN_TOKEN = "operator-token-for-metrics"
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Two tenants: alice's key inline, bob's in a keys file by its SHA-256; two secrets."""
-    tmp: Path = tmp_path_factory.mktemp("secure")
-    keys_file = tmp / "api-keys"
+    keys_file = tmp_path_factory.mktemp("keys") / "api-keys"
     digest = hashlib.sha256(HASHED_KEY.encode()).hexdigest()
     keys_file.write_text(f"# mounted from a Secret\nsha256:{digest}:bob\n")
-    with own_servers(tmp) as (nats, redis):
-        env = {
-            **FAST_ENV,
-            "SLUICE_SECRET": f"{NEW_SECRET},{OLD_SECRET}",
-            "SLUICE_API_KEYS": "key-of-alice:alice",
-            "SLUICE_API_KEYS_FILE": str(keys_file),
-            "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN,
-        }
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    env = {
+        "SLUICE_SECRET": f"{NEW_SECRET},{OLD_SECRET}",
+        "SLUICE_API_KEYS": "key-of-alice:alice",
+        "SLUICE_API_KEYS_FILE": str(keys_file),
+        "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    yield from private_suite(tmp_path_factory, "secure", env)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +12,7 @@ import pytest
 
 from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import private_suite
 from tests.integration.helpers import final, read_stream, sim
 
 BURST = 6
@@ -23,23 +22,16 @@ SSE = 2
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp: Path = tmp_path_factory.mktemp("limits")
-    with own_servers(tmp) as (nats, redis):
-        env = {
-            **FAST_ENV,
-            "SLUICE_API_KEYS": "key-a:alice,key-b:bob",
-            "SLUICE_TENANT_REQUESTS_PER_S": "1",
-            "SLUICE_TENANT_REQUEST_BURST": str(BURST),
-            "SLUICE_TENANT_FRAMES_PER_S": "1",
-            "SLUICE_TENANT_FRAME_BURST": "4",
-            "SLUICE_TENANT_MAX_SOCKETS": str(SOCKETS),
-            "SLUICE_TENANT_MAX_SSE": str(SSE),
-        }
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    env = {
+        "SLUICE_API_KEYS": "key-a:alice,key-b:bob",
+        "SLUICE_TENANT_REQUESTS_PER_S": "1",
+        "SLUICE_TENANT_REQUEST_BURST": str(BURST),
+        "SLUICE_TENANT_FRAMES_PER_S": "1",
+        "SLUICE_TENANT_FRAME_BURST": "4",
+        "SLUICE_TENANT_MAX_SOCKETS": str(SOCKETS),
+        "SLUICE_TENANT_MAX_SSE": str(SSE),
+    }
+    yield from private_suite(tmp_path_factory, "limits", env)
 
 
 async def post(session: aiohttp.ClientSession, stack: Stack, key: str) -> tuple[int, Any, str]:

@@ -25,6 +25,7 @@ from libs.common.keys import TENANT_PATTERN, load_ring, parse_entries
 from libs.common.openai_wire import decode_chat_request
 from libs.common.settings import ModelSpec, SettingsError
 from libs.common.sse import SSEParser, frame
+from libs.tools.fuzz.requests import CHAT_FIELDS, FRAME_FIELDS, STREAM_FIELDS
 from services.runner.backends.openai import OpenAIBackend, _parse
 from services.streamer.app import parse_last_event_id
 
@@ -42,30 +43,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-FIELDS = [
-    "model",
-    "messages",
-    "prompt",
-    "max_tokens",
-    "conversation_id",
-    "supersede",
-    "debounce_ms",
-    "abandon_after_s",
-    "metadata",
-    "sim",
-    "sampling",
-    "type",
-    "ref",
-    "stream_id",
-    "rating",
-    "comment",
-    "max_events_per_s",
-    "stream",
-    "stream_options",
-    "n",
-    "seed",
-    "tokens",
-]
+FIELDS = sorted({*STREAM_FIELDS, *CHAT_FIELDS, *FRAME_FIELDS, "tokens"})
 bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
 raw_bytes = st.binary(max_size=300)
 
