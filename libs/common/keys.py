@@ -66,10 +66,11 @@ def _entry(text: str, where: str) -> tuple[bytes, str]:
 
 
 def parse_entries(text: str, source: str) -> list[tuple[bytes, str]]:
-    """Entries separated by commas or lines; blank ones and ``#`` comments are skipped."""
+    """Entries separated by commas or lines; blank ones and ``#`` comment lines are skipped."""
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+        if line.lstrip().startswith("#"):
+            continue
         for position, item in enumerate(line.split(","), 1):
             if item.strip():
                 entries.append(_entry(item.strip(), f"{source} line {number} entry {position}"))
@@ -101,6 +102,8 @@ def load_ring(inline: str, path: str) -> KeyRing:
                 entries += parse_entries(file.read(), "SLUICE_API_KEYS_FILE")
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"SLUICE_API_KEYS_FILE={path!r}: {exc}") from None
+    if (inline.strip() or path) and not entries:
+        raise SettingsError("SLUICE_API_KEYS / SLUICE_API_KEYS_FILE hold no key: auth would be off")
     _check_unique(entries)
     return KeyRing(tuple(entries))
 

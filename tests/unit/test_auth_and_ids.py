@@ -84,6 +84,13 @@ def test_a_bad_key_entry_stops_the_start_without_showing_the_key(entries: str) -
     assert "k1" not in str(error.value) and "k3" not in str(error.value)
 
 
+def test_a_keys_file_without_a_key_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# nothing yet\n\n")
+    with pytest.raises(SettingsError, match="hold no key"):
+        load_ring("", str(path))
+
+
 def test_keys_file_is_read_and_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text("# mounted from a Secret\nk1:acme\n\nk2:globex\n")
