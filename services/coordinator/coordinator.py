@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from libs.common import metrics, names, tracing
 from libs.common.api import FINAL_STATUSES
+from libs.common.boundary import classify
 from libs.common.control import end_stream, request_cancel
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
@@ -204,8 +205,10 @@ class Coordinator:
         try:
             admission = await self._store.admit(submit.id, meta, limit)
         except TRANSIENT as exc:
-            message = f"the stream store is unreachable ({exc!r}); retry shortly"
-            return Rejected(type="unavailable", message=message, retry_after_s=1)
+            error = classify(exc)
+            return Rejected(
+                type=error.type, message=error.message, retry_after_s=error.retry_after_s
+            )
         if not admission.admitted:
             return Rejected(
                 type="rate_limited",
