@@ -20,7 +20,14 @@ from libs.common import metrics
 from libs.common.auth import mint_read_token
 from libs.common.boundary import classify
 from libs.common.errors import Overloaded, SluiceError, Unavailable, from_type
-from libs.common.http import Handler, error_response, json_response, read_body, request_tenant
+from libs.common.http import (
+    LIMITS,
+    Handler,
+    error_response,
+    json_response,
+    read_body,
+    request_tenant,
+)
 from libs.common.openai_wire import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -196,9 +203,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     message = build_submit(settings, tenant, body.stream_request(), DEFAULT_ABANDON_S)
     token = mint_read_token(settings.signing_secret, message.id, settings.read_token_ttl_s)
     headers = {STREAM_ID_HEADER: message.id, READ_TOKEN_HEADER: token}
-    if body.stream:
-        return await _stream(request, body, message, headers)
-    return await _complete(request, body, message, headers)
+    with request.app[LIMITS].connection("SSE streams", tenant, settings.tenant_max_sse):
+        if body.stream:
+            return await _stream(request, body, message, headers)
+        return await _complete(request, body, message, headers)
 
 
 def _reader(
@@ -241,7 +249,16 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     frames = ChunkFrames(message.id, body.model, body.include_usage)
-    await _serve(request, _reader(request, message.id, response, frames), message, response)
+    try:
+        await _serve(request, _reader(request, message.id, response, frames), message, response)
+    except ConnectionError:
+        if not response.prepared:
+            raise
+    except Exception as exc:
+        if not response.prepared:
+            raise
+        error = classify(exc)  # the headers are out: the failure is a chunk, never a cut body
+        await response.write(_data(_error(error.type, error.message)))
     return response
 
 

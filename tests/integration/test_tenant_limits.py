@@ -92,6 +92,14 @@ async def test_a_tenants_open_sse_streams_are_capped(
         async with session.get(created[SSE]["events_url"]) as refused:
             assert refused.status == 429
             assert (await refused.json())["error"]["type"] == "rate_limited"
+        chat = {"model": "sim", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        async with session.post(
+            f"{limited.streamer}/v1/chat/completions",
+            json=chat,
+            headers={"Authorization": "Bearer key-a"},
+        ) as refused:
+            assert refused.status == 429
+            assert (await refused.json())["error"]["type"] == "rate_limited"
     for _ in range(100):  # the streamer lets a place go once it notices a reader left
         async with session.get(created[SSE]["events_url"]) as answer:
             if answer.status == 200:
