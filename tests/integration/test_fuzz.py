@@ -4,20 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libs.tools.fuzz import SUITE_ENV, fuzz_suite, suite_problems
+import pytest
+
+from libs.tools.fuzz import FUZZ_KEY, SUITE_ENV, fuzz_suite, suite_problems
 from libs.tools.stack import Service, Stack
 from tests.conftest import FAST_ENV, own_servers
 
-REQUESTS = 3_000
+REQUESTS = 2_000
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["api-keys", "anonymous"])
 def test_random_and_mutated_requests_get_contract_answers_and_leave_the_suite_clean(
-    tmp_path: Path,
+    tmp_path: Path, keyed: bool
 ) -> None:
+    env = {**FAST_ENV, **SUITE_ENV} if keyed else dict(FAST_ENV)
     with own_servers(tmp_path) as (nats, redis):
-        stack = Stack(nats.url, f"{redis.url}/0", tmp_path, env={**FAST_ENV, **SUITE_ENV})
+        stack = Stack(nats.url, f"{redis.url}/0", tmp_path, env=env)
         try:
-            report = fuzz_suite(stack.start(), REQUESTS, seed=7)
+            report = fuzz_suite(
+                stack.start(), REQUESTS, seed=7, api_key=FUZZ_KEY if keyed else None
+            )
         finally:
             stack.stop()
     assert report.sent >= REQUESTS

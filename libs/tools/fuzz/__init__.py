@@ -108,10 +108,12 @@ async def run_against(
     return report
 
 
-def fuzz_suite(stack: Stack, requests: int, seed: int, concurrency: int = 8) -> Report:
+def fuzz_suite(
+    stack: Stack, requests: int, seed: int, concurrency: int = 8, api_key: str | None = FUZZ_KEY
+) -> Report:
     """Fuzz a suite this process started, then check its processes and logs too."""
     report = asyncio.run(
-        run_against(stack.gateway, stack.streamer, FUZZ_KEY, requests, seed, concurrency)
+        run_against(stack.gateway, stack.streamer, api_key, requests, seed, concurrency)
     )
     report.problems += suite_problems(stack)
     return report
