@@ -23,6 +23,10 @@ from libs.common.settings import Settings
 from libs.common.wire import Accepted, Rejected, Submit, submit_codec, submit_reply_codec
 
 SIM_MODEL = "sim"
+NATIVE_ABANDON_S = 30.0
+"""``abandon_after_s`` unless asked, for the native API: room for an SSE client to resume."""
+CHAT_ABANDON_S = 5.0
+"""``abandon_after_s`` unless asked, for ``/v1/chat/completions``: OpenAI clients never resume."""
 
 
 def known_models(settings: Settings) -> list[str]:
@@ -50,6 +54,7 @@ def build_submit(
         abandon_after_s=request.resolved_abandon_after_s(default_abandon_s),
         sim=request.sim,
         sampling=request.sampling,
+        tooling=request.tooling,
     )
 
 

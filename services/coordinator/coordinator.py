@@ -26,10 +26,10 @@ from opentelemetry.trace import SpanKind
 from libs.common import metrics, names, tracing
 from libs.common.api import FINAL_STATUSES
 from libs.common.boundary import classify
-from libs.common.control import end_stream, request_cancel
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
 from libs.common.store import Admission, StreamMeta, StreamStore
+from libs.common.stream_end import end_stream, request_cancel
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Accepted,

@@ -18,12 +18,13 @@ from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
 from libs.common.boundary import log_with_correlation_id, with_detail_logged
-from libs.common.control import end_stream
+from libs.common.channels import Channel, ToolCallAccumulator, ToolCallDelta
 from libs.common.errors import SluiceError, UpstreamError
 from libs.common.prompts import fetch_parked
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import MetaFields, StreamStore
+from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
     Failed,
@@ -64,6 +65,7 @@ class Generation:
         self._buffer = TokenBuffer(self.id)
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
+        self._tool_calls = ToolCallAccumulator()
         self.outcome = Outcome()
         self.count = 0
         self.unread = 0
@@ -140,7 +142,7 @@ class Generation:
         await self._backend.generate(self.submit, self.outcome, self)
 
     def push(self, text: str) -> None:
-        """The backend's next token (the :class:`~services.runner.backends.Sink` side)."""
+        """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now
@@ -154,6 +156,13 @@ class Generation:
         self._recent.append(now)
         self._log.push(self._buffer, text, now)
 
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """The backend's next token, of the reasoning or a tool call's arguments."""
+        if isinstance(channel, ToolCallDelta):
+            self._tool_calls.add(channel, text)
+        self.push(text)
+        self._log.set_channel(self._buffer, channel)
+
     def full(self) -> bool:
         return self._buffer.full
 
@@ -164,7 +173,7 @@ class Generation:
         assert self._producer is not None
         ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
         duration_ms = (stopped_ns - self.started_ns) / 1e6
-        if self.cancel_reason is not None:
+        if self.cancel_reason is not None:  # a call cut short is no call: no tool_calls
             return Done(
                 finish_reason=self.cancel_reason,
                 tokens=self.count,
@@ -182,6 +191,8 @@ class Generation:
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
+                reasoning_tokens=self.outcome.reasoning_tokens,
+                tool_calls=self._tool_calls.calls() or None,
             )
         if not isinstance(error, SluiceError):
             correlation_id = log_with_correlation_id("backend failed", error)
@@ -192,12 +203,12 @@ class Generation:
         )
 
     async def _finish(self, terminal: Done | Failed) -> None:
-        fields: dict[str, object] = {
-            "tokens": self.count,
-            "ttft_ms": getattr(terminal, "ttft_ms", None),
-            "duration_ms": getattr(terminal, "duration_ms", None),
-            "tokens_unread": self.unread,
-        }
+        fields = MetaFields(
+            tokens=self.count,
+            ttft_ms=getattr(terminal, "ttft_ms", None),
+            duration_ms=getattr(terminal, "duration_ms", None),
+            tokens_unread=self.unread,
+        )
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
@@ -209,12 +220,24 @@ class Generation:
         metrics.runner_stream_duration.record(duration_s)
         if self.count and duration_s > 0:
             metrics.runner_tokens_per_s.record(self.count / duration_s)
+        if isinstance(terminal, Done):
+            self._record_usage(terminal)
         if self.unread:
             metrics.tokens_wasted.add(self.unread, {"kind": "unread"})
         if isinstance(terminal, Done) and terminal.cancel_to_stop_ms is not None:
             metrics.cancel_to_stop.record(terminal.cancel_to_stop_ms / 1000)
             if terminal.tokens_after_cancel:
                 metrics.tokens_wasted.add(terminal.tokens_after_cancel, {"kind": "after_cancel"})
+
+    def _record_usage(self, done: Done) -> None:
+        usage = {
+            "prompt": done.prompt_tokens,
+            "completion": done.completion_tokens,
+            "reasoning": done.reasoning_tokens,
+        }
+        for kind, count in usage.items():
+            if count:
+                metrics.model_usage.add(count, {"model": self.submit.model, "kind": kind})
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         await retry_forever(lambda: self._nc.publish(subject, payload), "publish", self.id)

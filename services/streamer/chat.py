@@ -10,13 +10,11 @@ Errors use OpenAI's body, with ``type`` set to sluice's own error type.
 from __future__ import annotations
 
 import functools
-import re
-import time
 
 import msgspec
 from aiohttp import web
 
-from libs.common import metrics
+from libs.common import metrics, sse
 from libs.common.auth import mint_read_token
 from libs.common.boundary import classify
 from libs.common.errors import Overloaded, SluiceError, Unavailable, from_type
@@ -30,115 +28,28 @@ from libs.common.http import (
 )
 from libs.common.openai_wire import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatRequest,
-    ChunkChoice,
     CompletionChoice,
-    CompletionMessage,
-    Delta,
-    ErrorDetail,
-    ErrorResponse,
     ModelCard,
     ModelList,
-    Usage,
     decode_chat_request,
 )
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS
-from libs.common.submit import build_submit, known_models, submit
+from libs.common.submit import CHAT_ABANDON_S, build_submit, known_models, submit
 from libs.common.wire import Done, Failed, StatusChange, Submit
-from services.streamer.app import HUB, SSE_HEADERS, STORE
-from services.streamer.reader import Reader
+from services.streamer.keys import HUB, STORE
+from services.streamer.openai_frames import (
+    ChunkFrames,
+    CompletionFrames,
+    error_body,
+    shutdown_message,
+    usage_of,
+)
+from services.streamer.reader import Reader, ReaderLimits
 
-DEFAULT_ABANDON_S = 5.0
 STREAM_ID_HEADER = "X-Sluice-Stream-Id"
 READ_TOKEN_HEADER = "X-Sluice-Read-Token"
-DONE = b"data: [DONE]\n\n"
-PING = b": ping\n\n"
-_PARAM = re.compile(r"`\$\.([A-Za-z_]\w*)")
 _json = msgspec.json.Encoder()
-
-
-def _data(payload: object) -> bytes:
-    return b"data: " + _json.encode(payload) + b"\n\n"
-
-
-def _error(error_type: str, message: str) -> ErrorResponse:
-    found = _PARAM.search(message)
-    return ErrorResponse(ErrorDetail(message, error_type, found.group(1) if found else None))
-
-
-def _usage(done: Done) -> Usage:
-    prompt = done.prompt_tokens or 0
-    completion = done.tokens if done.completion_tokens is None else done.completion_tokens
-    return Usage(prompt, completion, prompt + completion)
-
-
-class ChunkFrames:
-    """``stream: true``: the role chunk at once, content chunks, the finish chunk, ``[DONE]``.
-
-    Content chunks carry ``id: <last token index>`` so a client can resume on the
-    native endpoint with Last-Event-ID; OpenAI clients ignore the field.
-    """
-
-    def __init__(self, stream_id: str, model: str, include_usage: bool) -> None:
-        self._template = ChatCompletionChunk(id=stream_id, created=int(time.time()), model=model)
-        self._include_usage = include_usage
-
-    def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
-        return _data(msgspec.structs.replace(self._template, choices=choices, usage=usage))
-
-    def opening(self) -> bytes:
-        return self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
-
-    def status(self, change: StatusChange) -> bytes:
-        return b""
-
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        return b"id: %d\n" % last_seq + self._chunk(
-            [ChunkChoice(delta=Delta(content="".join(texts)))]
-        )
-
-    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
-        if isinstance(terminal, Failed):
-            return _data(_error(terminal.type, terminal.message))
-        frames = self._chunk([ChunkChoice(finish_reason=terminal.finish_reason)])
-        if self._include_usage:
-            frames += self._chunk([], _usage(terminal))
-        return frames + DONE
-
-    def ping(self) -> bytes:
-        return PING
-
-    def reconnect(self) -> bytes:
-        return _data(_error(Unavailable.type, _shutdown_message(self._template.id)))
-
-
-class CompletionFrames:
-    """``stream: false``: nothing goes out before the end; the answer is gathered here."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.end: Done | Failed | None = None
-
-    def opening(self) -> bytes:
-        return b""
-
-    def status(self, change: StatusChange) -> bytes:
-        return b""
-
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        self.texts.extend(texts)
-        return b""
-
-    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
-        self.end = terminal
-        return b""
-
-    def ping(self) -> bytes:
-        return b""
-
-    def reconnect(self) -> bytes:
-        return b""
 
 
 class HeldAnswer:
@@ -157,16 +68,12 @@ class HeldAnswer:
             raise ConnectionResetError("the client closed the connection")
 
 
-def _shutdown_message(stream_id: str) -> str:
-    return f"the streamer is shutting down; resume on /v1/streams/{stream_id}/events"
-
-
 def openai_error_response(
     error: SluiceError, headers: dict[str, str] | None = None
 ) -> web.Response:
     """The contract's status and Retry-After, with OpenAI's error body."""
     response = error_response(error)
-    response.body = _json.encode(_error(error.type, error.message))
+    response.body = _json.encode(error_body(error.type, error.message))
     response.headers.update(headers or {})
     return response
 
@@ -200,10 +107,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = decode_chat_request(await read_body(request, settings.max_body_bytes))
     if request.app[HUB].reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
-    message = build_submit(settings, tenant, body.stream_request(), DEFAULT_ABANDON_S)
+    message = build_submit(settings, tenant, body.stream_request(), CHAT_ABANDON_S)
     token = mint_read_token(settings.signing_secret, message.id, settings.read_token_ttl_s)
     headers = {STREAM_ID_HEADER: message.id, READ_TOKEN_HEADER: token}
-    with request.app[LIMITS].connection("SSE streams", tenant, settings.tenant_max_sse):
+    with request.app[LIMITS].connection("streams", tenant, settings.tenant_max_sse):
         if body.stream:
             return await _stream(request, body, message, headers)
         return await _complete(request, body, message, headers)
@@ -215,20 +122,9 @@ def _reader(
     sink: web.StreamResponse | HeldAnswer,
     frames: ChunkFrames | CompletionFrames,
 ) -> Reader:
-    settings = request.app[SETTINGS]
-    streamed = isinstance(sink, web.StreamResponse)
-    return Reader(
-        stream_id,
-        sink,
-        request.transport if streamed else None,
-        request.app[STORE],
-        0,
-        buffer_bytes=settings.conn_buffer_bytes,
-        heartbeat_s=settings.heartbeat_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        frames=frames,
-        send_buffer_bytes=settings.conn_sndbuf_bytes if streamed else 0,
-    )
+    transport = request.transport if isinstance(sink, web.StreamResponse) else None
+    limits = ReaderLimits.from_settings(request.app[SETTINGS])
+    return Reader(stream_id, sink, transport, request.app[STORE], 0, limits, frames)
 
 
 async def _serve(
@@ -247,18 +143,18 @@ async def _serve(
 async def _stream(
     request: web.Request, body: ChatRequest, message: Submit, headers: dict[str, str]
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    response = web.StreamResponse(headers={**sse.RESPONSE_HEADERS, **headers})
     frames = ChunkFrames(message.id, body.model, body.include_usage)
+    reader = _reader(request, message.id, response, frames)
     try:
-        await _serve(request, _reader(request, message.id, response, frames), message, response)
+        await _serve(request, reader, message, response)
     except ConnectionError:
         if not response.prepared:
             raise
     except Exception as exc:
         if not response.prepared:
             raise
-        error = classify(exc)  # the headers are out: the failure is a chunk, never a cut body
-        await response.write(_data(_error(error.type, error.message)))
+        await reader.fail(classify(exc))  # the headers are out: an error chunk, not a cut body
     return response
 
 
@@ -270,19 +166,19 @@ async def _complete(
         request, _reader(request, message.id, HeldAnswer(request), frames), message, None
     )
     if reason == "shutdown":
-        error = Unavailable(_shutdown_message(message.id), retry_after_s=1)
+        error = Unavailable(shutdown_message(message.id), retry_after_s=1)
         return openai_error_response(error, headers)
     if isinstance(frames.end, Failed):
         return openai_error_response(from_type(frames.end.type, frames.end.message), headers)
     if not isinstance(frames.end, Done):
         return web.Response(status=499)  # the client left; no one reads this
-    choice = CompletionChoice(CompletionMessage("".join(frames.texts)), frames.end.finish_reason)
+    choice = CompletionChoice(frames.answer(frames.end), frames.end.finish_reason)
     completion = ChatCompletion(
         id=message.id,
         created=message.created_ns // 1_000_000_000,
         model=body.model,
         choices=[choice],
-        usage=_usage(frames.end),
+        usage=usage_of(frames.end),
     )
     return json_response(completion, headers=headers)
 

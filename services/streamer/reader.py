@@ -1,49 +1,40 @@
-"""One SSE client: its position, its bounded buffer, and the task that writes to it.
+"""One client of a stream: its position, its bounded buffer, and the task that writes to it.
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
-never awaits. While the socket keeps up and nothing else is pending, ``offer`` writes
-a fresh message's frame itself (no task switch per token: at 50,000 tokens/s that was
-a fifth of a streamer's work). A message older than :data:`FRESH_NS` means this
-streamer has fallen behind: its tokens wait up to :data:`STALE_FLUSH_S`
-(:class:`LiveWrites`), so the messages of one stream that arrive meanwhile leave as one
-frame, and an overloaded streamer (and its clients) handle fewer, bigger frames and
-catch up.
-Otherwise the reader's own writer task turns pending tokens into frames: coalesced
-while bytes still wait in the socket's buffer (so slower clients get bigger frames),
-at most ``pace`` frames a second. Past
+never awaits; fresh tokens may leave at once by the fast path of
+:mod:`services.streamer.direct`. Otherwise the reader's own writer task turns pending
+tokens into frames: coalesced while bytes still wait in the socket's buffer (so slower
+clients get bigger frames), at most ``pace`` frames a second. Past
 ``SLUICE_CONN_BUFFER_BYTES`` the pending tokens are dropped and the reader catches up
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
-How events are spelled on the wire is the reader's :class:`Frames`: native SSE by
-default, OpenAI chunks for ``/v1/chat/completions``.
+How events are spelled on the wire is the reader's :class:`~services.streamer.frames.Frames`:
+native SSE by default, OpenAI chunks for ``/v1/chat/completions``, JSON messages on a
+stream's WebSocket; how tokens become frames is its :class:`~services.streamer.flush.Flush`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
-import struct
 import time
-from typing import Protocol
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 
-from libs.common import metrics, sse
-from libs.common.errors import SlowConsumer
-from libs.common.retry import TRANSIENT
+from libs.common import metrics
+from libs.common.channels import Channels, joined
+from libs.common.errors import SlowConsumer, SluiceError
+from libs.common.retry import retry_forever
+from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessage
-
-log = logging.getLogger(__name__)
+from services.streamer.direct import FRESH_NS, ClientSocket, Envelope, LiveWrites, chunk
+from services.streamer.flush import ADAPTIVE, Flush
+from services.streamer.frames import NATIVE_FRAMES, Frames
 
 IDLE_POLL_S = 2.0
-FRESH_NS = 25_000_000
-STALE_FLUSH_S = 0.02  # one model interval at 50 tokens/s: stale frames carry ~2 tokens
-DRAIN_POLL_S = (0.001, 0.1)
-RESET_ON_CLOSE = struct.pack("ii", 1, 0)
-PING = b'event: ping\ndata: {"t": %d}\n\n'
-RECONNECT = b"event: reconnect\ndata: {}\n\n"
 EXPIRED = Failed(type="expired", message="the stream's log no longer holds these tokens")
 
 
@@ -51,150 +42,131 @@ class ClientGone(Exception):
     """The client closed the connection."""
 
 
-class Sink(Protocol):
+class ClientSink(Protocol):
     """Where a reader's bytes go: an aiohttp ``StreamResponse``, or a stand-in."""
 
     async def write(self, data: bytes) -> None: ...
 
 
-class Frames(Protocol):
-    """How a reader spells each event; a dialect without some event returns ``b""`` for it."""
+@runtime_checkable
+class EnvelopedSink(ClientSink, Protocol):
+    """A sink that wraps what it writes, so direct writes must be wrapped alike."""
 
-    def opening(self) -> bytes: ...
-
-    def status(self, change: StatusChange) -> bytes: ...
-
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes: ...
-
-    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes: ...
-
-    def ping(self) -> bytes: ...
-
-    def reconnect(self) -> bytes: ...
+    def envelope(self, frame: bytes) -> bytes: ...
 
 
-class NativeFrames:
-    """The contract's own SSE events: ``status``, ``token``, ``ping``, ``done``, ``error``."""
-
-    def opening(self) -> bytes:
-        return sse.RETRY
-
-    def status(self, change: StatusChange) -> bytes:
-        payload: dict[str, object] = {"status": change.status}
-        if change.position is not None:
-            payload["position"] = change.position
-        return sse.json_frame("status", payload)
-
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        return sse.token_frame(last_seq, texts, ts)
-
-    def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
-        if isinstance(terminal, Done):
-            payload = {k: v for k, v in _fields(terminal).items() if v is not None}
-            return sse.json_frame("done", payload, last_seq)
-        error = {
-            "type": terminal.type,
-            "message": terminal.message,
-            "retryable": terminal.retryable,
-        }
-        return sse.json_frame("error", error)
-
-    def ping(self) -> bytes:
-        return PING % int(time.time() * 1000)
-
-    def reconnect(self) -> bytes:
-        return RECONNECT
+def envelope_of(sink: ClientSink) -> Envelope | None:
+    if isinstance(sink, web.StreamResponse):
+        return chunk if sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" else None
+    return sink.envelope if isinstance(sink, EnvelopedSink) else None
 
 
-NATIVE_FRAMES = NativeFrames()
+@dataclass(frozen=True, slots=True)
+class ReaderLimits:
+    """How much a reader holds and how long it waits, from settings."""
+
+    buffer_bytes: int
+    heartbeat_s: float
+    stall_timeout_s: float
+    send_buffer_bytes: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReaderLimits:
+        return cls(
+            buffer_bytes=settings.conn_buffer_bytes,
+            heartbeat_s=settings.heartbeat_s,
+            stall_timeout_s=settings.stall_timeout_s,
+            send_buffer_bytes=settings.conn_sndbuf_bytes,
+        )
 
 
-class LiveWrites:
-    """Readers with stale live tokens, all written :data:`STALE_FLUSH_S` after the first.
+@dataclass(slots=True)
+class Pending:
+    """What waits for the writer task; ``behind`` means the log must be read first."""
 
-    Writing each stale message at once would keep an overloaded streamer at one frame
-    per token; gathering for a window (only once tokens are already late) makes the
-    frames bigger the further behind it is, so it and its clients catch up.
-    """
+    statuses: list[bytes] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    channels: Channels | None = None
+    ts: int = 0
+    size: int = 0
+    terminal: Done | Failed | None = None
+    behind: bool = True
+    closing: bool = False
+    ping_due: bool = False
 
-    def __init__(self) -> None:
-        self._readers: dict[Reader, None] = {}
+    def has_work(self) -> bool:
+        """Work for the writer task besides a ping."""
+        return bool(self.statuses or self.texts or self.behind or self.terminal or self.closing)
 
-    def add(self, reader: Reader) -> None:
-        if not self._readers:
-            asyncio.get_running_loop().call_later(STALE_FLUSH_S, self._write)
-        self._readers[reader] = None
+    def drop_tokens(self) -> None:
+        self.texts, self.channels, self.size = [], None, 0
 
-    def _write(self) -> None:
-        readers, self._readers = self._readers, {}
-        for reader in readers:
-            reader.write_live()
+
+@dataclass(slots=True)
+class Timing:
+    """When things happened; ``write_since`` is when the write under way began (0: none)."""
+
+    opened: float
+    last_write: float
+    last_live: float
+    write_since: float = 0.0
+    min_interval_s: float = 0.0
+
+    @classmethod
+    def starting_now(cls) -> Timing:
+        now = time.monotonic()
+        return cls(opened=now, last_write=now, last_live=now)
 
 
 class Reader:
     def __init__(
         self,
         stream_id: str,
-        response: Sink,
+        sink: ClientSink,
         transport: asyncio.Transport | None,
         store: StreamStore,
         after_seq: int,
-        *,
-        buffer_bytes: int,
-        heartbeat_s: float,
-        stall_timeout_s: float,
+        limits: ReaderLimits,
         frames: Frames = NATIVE_FRAMES,
-        send_buffer_bytes: int = 0,
+        flush: Flush = ADAPTIVE,
     ) -> None:
         self.stream_id = stream_id
-        self._response = response
-        self._frames = frames
-        self._transport = transport
-        self._store = store
         self.sent = after_seq
-        self._texts: list[str] = []
-        self._ts = 0
-        self._bytes = 0
-        self._statuses: list[bytes] = []
-        self._terminal: Done | Failed | None = None
-        self._behind = True
-        self._closing = False
-        self._gone = False
-        self._parked = False
         self.live_writes: LiveWrites | None = None
-        self._chunked = False
+        self._sink = sink
+        self._socket = (
+            None if transport is None else ClientSocket(transport, limits.send_buffer_bytes)
+        )
+        self._store = store
+        self._limits = limits
+        self._frames = frames
+        self._flush = flush
+        self._pending = Pending()
+        self._timing = Timing.starting_now()
+        self._timing.min_interval_s = flush.interval_s
         self._wake = asyncio.Event()
-        self._buffer_bytes = buffer_bytes
-        self._heartbeat_s = heartbeat_s
-        self._stall_timeout_s = stall_timeout_s
-        self._min_interval_s = 0.0
-        self._last_write = time.monotonic()
-        self._last_live = time.monotonic()
-        self._opened = time.monotonic()
-        self._token_frames = 0
-        self._write_since = 0.0
+        self._parked = False
+        self._gone = False
         self._stalled = False
-        self._ping_due = False
+        self._token_frames = 0
         self._last_status = b""
-        if send_buffer_bytes:
-            _set_socket_option(transport, socket.SO_SNDBUF, send_buffer_bytes)
 
     @property
     def _queued_upto(self) -> int:
-        return self.sent + len(self._texts)
+        return self.sent + len(self._pending.texts)
 
     def offer(self, message: TokensMessage) -> None:
         """Take a live message; never blocks."""
-        self._last_live = time.monotonic()
+        self._timing.last_live = time.monotonic()
         if isinstance(message, TokenBatch):
             if self._write_now(message):
                 return
             self._offer_batch(message)
-            if self.live_writes is not None and self._texts and self._socket_free():
+            if self.live_writes is not None and self._pending.texts and self._socket_free():
                 self.live_writes.add(self)
                 return
         else:
-            self._terminal = message
+            self._pending.terminal = message
         self._wake.set()
 
     def _socket_free(self) -> bool:
@@ -203,77 +175,90 @@ class Reader:
         Then a live frame may go straight to the transport without passing the task, and
         frames keep their order.
         """
-        transport = self._transport
-        return not (
-            transport is None
-            or not self._parked
-            or self._statuses
-            or self._behind
-            or self._terminal
-            or self._closing
-            or self._ping_due
-            or self._min_interval_s
-            or transport.get_write_buffer_size()
-            or transport.is_closing()
+        pending = self._pending
+        return (
+            self._socket is not None
+            and self._parked
+            and not (
+                pending.statuses
+                or pending.behind
+                or pending.terminal
+                or pending.closing
+                or pending.ping_due
+                or self._timing.min_interval_s
+            )
+            and self._socket.idle()
         )
 
     def _write_now(self, batch: TokenBatch) -> bool:
         """Write a fresh live batch at once when nothing else waits; False if not."""
         if (
-            self._texts
+            self._pending.texts
             or batch.first != self.sent + 1
             or time.time_ns() - batch.ts > FRESH_NS
             or not self._socket_free()
         ):
             return False
-        self._write_frame(batch.texts, batch.ts)
+        self._write_direct(batch.texts, batch.ts, batch.channels)
         return True
 
     def write_live(self) -> None:
         """Write the stale tokens gathered in the window as one frame, or leave them to the task."""
-        if not self._texts:
+        pending = self._pending
+        if not pending.texts:
             return
         if not self._socket_free():
             self._wake.set()
             return
-        texts, ts = self._texts, self._ts
-        self._texts, self._bytes = [], 0
-        self._write_frame(texts, ts)
+        texts, ts, channels = pending.texts, pending.ts, pending.channels
+        pending.drop_tokens()
+        self._write_direct(texts, ts, channels)
 
-    def _write_frame(self, texts: list[str], ts: int) -> None:
-        """One token frame straight to the transport, in the response's transfer encoding."""
-        assert self._transport is not None
-        frame = self._token_frame(texts, ts)
-        self._transport.write(b"%x\r\n%s\r\n" % (len(frame), frame) if self._chunked else frame)
-        self._last_write = time.monotonic()
+    def _write_direct(self, texts: list[str], ts: int, channels: Channels | None) -> None:
+        assert self._socket is not None
+        self._socket.write(self._token_frame(texts, ts, channels))
+        self._timing.last_write = time.monotonic()
 
     def _offer_batch(self, batch: TokenBatch) -> None:
-        if self._behind or batch.last <= self._queued_upto:
+        pending = self._pending
+        if pending.behind or batch.last <= self._queued_upto:
             return
         if batch.first > self._queued_upto + 1:
-            self._behind = True
+            pending.behind = True
             return
-        texts = batch.texts[self._queued_upto + 1 - batch.first :]
-        if not self._texts:
-            self._ts = batch.ts
-        self._texts.extend(texts)
-        self._bytes += sum(len(text) for text in texts) + 16 * len(texts)
-        if self._bytes > self._buffer_bytes:
-            self._texts, self._bytes, self._behind = [], 0, True
+        skip = self._queued_upto + 1 - batch.first
+        texts = batch.texts[skip:]
+        if not pending.texts:
+            pending.ts = batch.ts
+        if pending.channels is not None or batch.channels is not None:  # not for text alone
+            pending.channels = joined(
+                pending.channels, len(pending.texts), batch.channels, skip, len(texts)
+            )
+        pending.texts.extend(texts)
+        pending.size += sum(len(text) for text in texts) + 16 * len(texts)
+        if pending.size > self._limits.buffer_bytes:
+            pending.drop_tokens()
+            pending.behind = True
 
     def status(self, change: StatusChange) -> None:
         frame = self._frames.status(change)
         if frame and frame != self._last_status:
             self._last_status = frame
-            self._statuses.append(frame)
+            self._pending.statuses.append(frame)
             self._wake.set()
 
     def pace(self, max_events_per_s: float) -> None:
-        self._min_interval_s = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        paced = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        self._timing.min_interval_s = max(paced, self._flush.interval_s)
+        self._wake.set()
+
+    def hang_up(self) -> None:
+        """The client closed its side (a WebSocket's close frame): stop at the next step."""
+        self._gone = True
         self._wake.set()
 
     def close_for_shutdown(self) -> None:
-        self._closing = True
+        self._pending.closing = True
         self._wake.set()
 
     async def open(self, first_status: StatusChange) -> None:
@@ -282,15 +267,14 @@ class Reader:
         The native endpoint calls this before subscribing, so the event does not wait
         for the subscription's round trip to NATS, which queues behind live traffic.
         """
-        sink = self._response
-        if isinstance(sink, web.StreamResponse):
-            self._chunked = sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        if self._socket is not None:
+            self._socket.envelope = envelope_of(self._sink)
         self.status(first_status)
         try:
-            await self._write(self._frames.opening() + b"".join(self._statuses))
+            await self._write(self._frames.opening() + b"".join(self._pending.statuses))
         except ClientGone:
             self._gone = True
-        self._statuses.clear()
+        self._pending.statuses.clear()
 
     async def serve(self, first_status: StatusChange | None = None) -> str:
         """Write until the stream ends, the client leaves or the server shuts down.
@@ -308,12 +292,13 @@ class Reader:
 
     async def _serve(self) -> str:
         try:
-            while True:
+            while not self._gone:
                 if await self._step():
                     return "done"
-                if self._closing:
+                if self._pending.closing:
                     await self._write(self._frames.reconnect())
                     return "shutdown"
+            return "slow_consumer" if self._stalled else "client_gone"
         except ClientGone:
             return "client_gone"
         except SlowConsumer:
@@ -321,25 +306,25 @@ class Reader:
 
     async def _step(self) -> bool:
         """One round of the writer; True once the terminal event is written."""
-        if not (self._texts or self._statuses or self._behind or self._terminal or self._closing):
+        pending = self._pending
+        if not pending.has_work():
             await self._idle()
         self._wake.clear()
-        if self._statuses:
-            frames, self._statuses = b"".join(self._statuses), []
+        if pending.statuses:
+            frames, pending.statuses = b"".join(pending.statuses), []
             await self._write(frames)
-        if self._min_interval_s:
-            await asyncio.sleep(
-                max(0.0, self._last_write + self._min_interval_s - time.monotonic())
-            )
-        if self._behind:
+        if self._timing.min_interval_s:
+            due = self._timing.last_write + self._timing.min_interval_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if pending.behind:
             return await self._catch_up()
-        if self._texts:
-            await self._write_tokens(self._texts, self._ts)
-        if self._terminal is not None:
-            if self.sent < self._terminal.tokens:
-                self._behind = True
+        if pending.texts:
+            await self._write_tokens(pending.texts, pending.ts, pending.channels)
+        if pending.terminal is not None:
+            if self.sent < pending.terminal.tokens:
+                pending.behind = True
                 return False
-            return await self._write_terminal(self._terminal)
+            return await self._write_terminal(pending.terminal)
         return False
 
     async def _idle(self) -> None:
@@ -349,53 +334,64 @@ class Reader:
             await self._wake.wait()
         finally:
             self._parked = False
-        if self._ping_due:
-            self._ping_due = False
+        if self._pending.ping_due:
+            self._pending.ping_due = False
             await self._write(self._frames.ping())
 
     async def _catch_up(self) -> bool:
         """Serve from the log until it has nothing newer; True if it held the end."""
         while True:
-            try:
-                entries = await self._store.read(self.stream_id, self.sent)
-            except TRANSIENT as exc:
-                log.warning("log read failed: %r", exc, extra={"stream_id": self.stream_id})
-                await asyncio.sleep(0.25)
-                continue
-            self._texts, self._bytes = [], 0
-            self._behind = False
+            entries = await retry_forever(
+                lambda: self._store.read(self.stream_id, self.sent), "log read", self.stream_id
+            )
+            self._pending.drop_tokens()
+            self._pending.behind = False
             batch_texts: list[str] = []
+            batch_channels: Channels | None = None
             batch_ts = 0
             for entry in entries:
                 if isinstance(entry, TokenBatch):
                     if entry.first > self.sent + len(batch_texts) + 1:
                         return await self._write_terminal(EXPIRED)
-                    skip = self.sent + len(batch_texts) + 1 - entry.first
+                    skip = max(0, self.sent + len(batch_texts) + 1 - entry.first)
                     if not batch_texts:
                         batch_ts = entry.ts
-                    batch_texts.extend(entry.texts[max(0, skip) :])
+                    texts = entry.texts[skip:]
+                    batch_channels = joined(
+                        batch_channels, len(batch_texts), entry.channels, skip, len(texts)
+                    )
+                    batch_texts.extend(texts)
                     continue
                 if batch_texts:
-                    await self._write_tokens(batch_texts, batch_ts)
+                    await self._write_tokens(batch_texts, batch_ts, batch_channels)
                 return await self._write_terminal(entry)
             if batch_texts:
-                await self._write_tokens(batch_texts, batch_ts)
+                await self._write_tokens(batch_texts, batch_ts, batch_channels)
             if len(entries) < self._store.read_chunk:
                 return False
 
-    async def _write_tokens(self, texts: list[str], ts: int) -> None:
-        self._texts, self._bytes = [], 0
-        await self._write(self._token_frame(texts, ts))
+    async def _write_tokens(self, texts: list[str], ts: int, channels: Channels | None) -> None:
+        self._pending.drop_tokens()
+        await self._write(self._token_frame(texts, ts, channels))
 
-    def _token_frame(self, texts: list[str], ts: int) -> bytes:
+    def _token_frame(self, texts: list[str], ts: int, channels: Channels | None) -> bytes:
         """The frame for the next ``texts``, counted as sent."""
         last = self.sent + len(texts)
-        frame = self._frames.tokens(last, texts, ts)
+        if self._flush.per_token:
+            first = self.sent + 1
+            frame = b"".join(
+                self._frames.tokens(
+                    first + i, [text], ts, None if channels is None else channels[i : i + 1]
+                )
+                for i, text in enumerate(texts)
+            )
+        else:
+            frame = self._frames.tokens(last, texts, ts, channels)
         self.sent = last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)
         if not self._token_frames:
-            metrics.streamer_first_frame.record(time.monotonic() - self._opened)
+            metrics.streamer_first_frame.record(time.monotonic() - self._timing.opened)
         self._token_frames += 1
         return frame
 
@@ -403,33 +399,32 @@ class Reader:
         await self._write(self._frames.terminal(terminal, self.sent))
         return True
 
-    async def _write(self, data: bytes) -> None:
-        self._write_since = time.monotonic()
-        try:
-            await self._response.write(data)
-            await self._drained()
-        except (ConnectionError, RuntimeError) as exc:
-            if self._stalled:
-                raise SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s") from None
-            raise ClientGone(str(exc)) from None
-        self._write_since = 0.0
-        self._last_write = time.monotonic()
+    async def fail(self, error: SluiceError) -> None:
+        """End the response with a retryable ``error`` once it has begun: never a cut body."""
+        failed = Failed(type=error.type, message=error.message, retryable=True, tokens=self.sent)
+        with suppress(ClientGone, SlowConsumer):
+            await self._write_terminal(failed)
 
-    async def _drained(self) -> None:
-        """Wait until the socket has taken every byte written so far.
+    async def _write(self, data: bytes) -> None:
+        """Write and wait until the socket took it all; the wait counts for the stall watchdog.
 
         Meanwhile new tokens pile up and leave as one larger frame: a client that keeps up
-        gets each token at once, a slower one fewer, bigger frames. The wait counts as part
-        of the write for the stall watchdog. It polls with backoff because the transport
-        tells only when it crosses its high-water mark, not when it empties.
+        gets each token at once, a slower one fewer, bigger frames.
         """
-        transport = self._transport
-        delay, longest = DRAIN_POLL_S
-        while transport is not None and transport.get_write_buffer_size():
-            if transport.is_closing():
-                raise ConnectionResetError("the connection closed with bytes unsent")
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, longest)
+        self._timing.write_since = time.monotonic()
+        try:
+            await self._sink.write(data)
+            if self._socket is not None:
+                await self._socket.drained()
+        except (ConnectionError, RuntimeError) as exc:
+            if self._stalled:
+                raise SlowConsumer(self._stall_message()) from None
+            raise ClientGone(str(exc)) from None
+        self._timing.write_since = 0.0
+        self._timing.last_write = time.monotonic()
+
+    def _stall_message(self) -> str:
+        return f"reader stalled for {self._limits.stall_timeout_s:g}s"
 
     def tick(self, now: float) -> None:
         """The hub's once-a-second look at this reader, so that no frame pays for a timer.
@@ -438,40 +433,25 @@ class Reader:
         on a quiet stream, and sends a reader whose live traffic went silent to the log
         (a message lost while NATS reconnected must not leave it waiting forever).
         """
-        if self._write_since and now - self._write_since > self._stall_timeout_s:
+        timing = self._timing
+        if timing.write_since and now - timing.write_since > self._limits.stall_timeout_s:
             self._stalled = True
-            self._abort(SlowConsumer(f"reader stalled for {self._stall_timeout_s:g}s"))
+            self._abort(SlowConsumer(self._stall_message()))
             return
-        if now - self._last_write >= self._heartbeat_s:
-            self._ping_due = True
+        if now - timing.last_write >= self._limits.heartbeat_s:
+            self._pending.ping_due = True
             self._wake.set()
-        if now - self._last_live >= IDLE_POLL_S:
-            self._last_live = now
-            self._behind = True
+        if now - timing.last_live >= IDLE_POLL_S:
+            timing.last_live = now
+            self._pending.behind = True
             self._wake.set()
 
     def _abort(self, error: SlowConsumer) -> None:
         """Tell a stalled client why, without waiting for it, and reset the connection.
 
-        The error frame reaches the client only if its socket has room; the reset (rather
-        than a close that would wait for the peer to read) frees the kernel's send buffer at
-        once and shows the client a broken connection, which EventSource answers by resuming.
+        The error frame reaches the client only if its socket has room.
         """
-        if self._transport is None:
+        if self._socket is None:
             return
         failed = Failed(type=error.type, message=error.message, retryable=True, tokens=self.sent)
-        self._transport.write(self._frames.terminal(failed, self.sent))
-        _set_socket_option(self._transport, socket.SO_LINGER, RESET_ON_CLOSE)
-        self._transport.abort()
-
-
-def _set_socket_option(
-    transport: asyncio.Transport | None, option: int, value: int | bytes
-) -> None:
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, option, value)
-
-
-def _fields(terminal: Done) -> dict[str, object]:
-    return {field: getattr(terminal, field) for field in terminal.__struct_fields__}
+        self._socket.reset(self._frames.terminal(failed, self.sent))

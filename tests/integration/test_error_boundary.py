@@ -12,10 +12,10 @@ import redis.exceptions
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from libs.client.http import SluiceClient
 from libs.common.boundary import classify
 from libs.common.errors import Internal, Unavailable
 from libs.common.http import error_middleware
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, sim
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import private_suite
 from tests.integration.helpers import final, read_stream, sim

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 import redis
 
+from libs.client.http import SluiceClient
 from libs.common.settings import load_settings
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from services.runner.backends.sim import sim_tokens
 from tests.integration.helpers import final, read_stream, sim, text

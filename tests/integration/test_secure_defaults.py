@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from libs.client.http import SluiceClient
 from libs.common.auth import mint_read_token
-from libs.tools.client import SluiceClient
 from libs.tools.servers import free_port
 from libs.tools.stack import Service, Stack
 from tests.conftest import FAST_ENV, private_suite

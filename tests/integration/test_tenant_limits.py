@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import private_suite
 from tests.integration.helpers import final, read_stream, sim

@@ -9,7 +9,8 @@ from typing import Any, cast
 from libs.common.sse import SSEParser
 from libs.common.store import StreamStore
 from libs.common.wire import StatusChange, TokenBatch, TokensMessage
-from services.streamer.reader import FRESH_NS, STALE_FLUSH_S, LiveWrites, Reader
+from services.streamer.direct import FRESH_NS, STALE_FLUSH_S, LiveWrites
+from services.streamer.reader import Reader, ReaderLimits
 
 
 class Transport:
@@ -51,9 +52,7 @@ async def parked_reader() -> tuple[Reader, Transport, asyncio.Task[str]]:
         cast(Any, transport),
         cast(StreamStore, EmptyLog()),
         0,
-        buffer_bytes=1 << 20,
-        heartbeat_s=60,
-        stall_timeout_s=60,
+        ReaderLimits(buffer_bytes=1 << 20, heartbeat_s=60, stall_timeout_s=60),
     )
     reader.live_writes = LiveWrites()
     serving = asyncio.create_task(reader.serve(StatusChange(status="running")))

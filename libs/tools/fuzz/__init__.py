@@ -8,7 +8,6 @@ log, and a normal stream must complete. Without ``--gateway`` it starts its own 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import time
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import aiohttp
 
+from libs.client.http import SluiceClient
+from libs.tools import helptext
 from libs.tools.bench import own_suite
-from libs.tools.client import SluiceClient
 from libs.tools.fuzz.requests import KINDS, Target
 from libs.tools.stack import Stack
 
@@ -132,7 +132,7 @@ def print_report(report: Report, elapsed_s: float) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sluice fuzz", description=__doc__)
+    parser = helptext.parser("sluice fuzz", __doc__, paragraphs=2)
     parser.add_argument("--requests", type=int, default=2_000, help="requests to send")
     parser.add_argument("--seed", type=int, default=0, help="random seed (a run repeats)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
