@@ -330,12 +330,19 @@ def test_prod_servicemonitor_scrapes_every_service(rendered: Objects) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_operator_endpoints_are_on_the_admin_port_which_the_ingress_never_routes(
+def test_operator_endpoints_are_on_the_admin_port_which_the_edge_never_routes(
     rendered: Objects, overlay: str
 ) -> None:
     (config,) = [c for c in of_kind(rendered[overlay], "ConfigMap").values()]
     assert config["data"]["SLUICE_ADMIN_PORT"] == str(ADMIN_PORT)
-    (ingress,) = of_kind(rendered[overlay], "Ingress").values()
-    for rule in ingress["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            assert path["backend"]["service"]["port"] == {"name": "http"}
+    ingresses = of_kind(rendered[overlay], "Ingress").values()
+    routes = of_kind(rendered[overlay], "HTTPRoute").values()
+    assert len([*ingresses, *routes]) == 1, "one edge per overlay"
+    for ingress in ingresses:
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["port"] == {"name": "http"}
+    for route in routes:
+        for rule in route["spec"]["rules"]:
+            for backend in rule["backendRefs"]:
+                assert backend["port"] == SERVICES[backend["name"]] != ADMIN_PORT
