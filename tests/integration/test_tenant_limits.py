@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.client.http import SluiceClient
+from libs.client.http import SluiceClient, socket_url
 from libs.tools.stack import Stack
 from tests.conftest import private_suite
 from tests.integration.helpers import final, read_stream, sim
@@ -92,6 +92,9 @@ async def test_a_tenants_open_sse_streams_are_capped(
         async with session.get(created[SSE]["events_url"]) as refused:
             assert refused.status == 429
             assert (await refused.json())["error"]["type"] == "rate_limited"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused_socket:
+            await session.ws_connect(socket_url(created[SSE]["events_url"]))
+        assert refused_socket.value.status == 429
         chat = {"model": "sim", "messages": [{"role": "user", "content": "x"}], "stream": True}
         async with session.post(
             f"{limited.streamer}/v1/chat/completions",
@@ -106,3 +109,26 @@ async def test_a_tenants_open_sse_streams_are_capped(
                 break
         await asyncio.sleep(0.1)
     assert final(await read_stream(session, created[SSE]["events_url"])).type == "done"
+
+
+async def reply_to(ws: aiohttp.ClientWebSocketResponse, ref: str) -> str:
+    """The type of the answer to frame ``ref``, past the stream's own events (a frame
+    refused before it is read gets an ``error`` without a ``ref``)."""
+    while True:
+        message = await ws.receive_json(timeout=10)
+        if message.get("ref") == ref or message["type"] == "error":
+            return str(message["type"])
+
+
+async def test_a_stream_socket_draws_its_frames_from_the_tenants_rate(
+    limited: Stack, session: aiohttp.ClientSession
+) -> None:
+    await asyncio.sleep(BURST)
+    alice = SluiceClient(session, limited.gateway, api_key="key-a")
+    created = await alice.create(prompt="over ws", sim=sim(tokens=40, tokens_per_s=10))
+    async with session.ws_connect(socket_url(created["events_url"])) as ws:
+        kinds = []
+        for index in range(6):
+            await ws.send_json({"type": "ping", "ref": str(index)})
+            kinds.append(await reply_to(ws, str(index)))
+    assert kinds[:4] == ["pong"] * 4 and "error" in kinds[4:]
