@@ -12,6 +12,14 @@ from libs.common.sse import SSEParser
 CONTRACT_STATUSES = frozenset({200, 201, 202, 400, 401, 403, 404, 405, 410, 413, 429})
 ERROR_TYPES = frozenset(BY_TYPE)
 SERVER_FRAMES = frozenset({"ack", "error", "status", "pong"})
+PAGE_TYPES = ("text/html", "text/javascript", "application/javascript", "text/css")
+"""What the gateway's chat page and browser SDK are served as (decision 0014)."""
+
+
+def is_page(method: str, status: int, path: str, content_type: str) -> bool:
+    """A file of the chat page or the SDK (``/``, ``/sdk/...``, ``/ui/...``), rightly got."""
+    served = path == "/" or path.startswith(("/sdk/", "/ui/"))
+    return method == "GET" and status == 200 and served and content_type.startswith(PAGE_TYPES)
 
 
 def json_problem(status: int, content_type: str, raw: bytes) -> str | None:

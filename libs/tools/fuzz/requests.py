@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 
 from libs.tools.fuzz import mutate
-from libs.tools.fuzz.checks import frame_problem, json_problem, sse_problem
+from libs.tools.fuzz.checks import frame_problem, is_page, json_problem, sse_problem
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 SSE_READ_S = 1.0
@@ -90,6 +90,8 @@ async def _http(
             if "text/event-stream" in content_type:
                 raw = await _some_of(answer)
                 problem = sse_problem(raw) if answer.status == 200 else "SSE with an error status"
+            elif is_page(method, answer.status, answer.url.path, content_type):
+                raw, problem = await answer.read(), None
             else:
                 raw = await answer.read()
                 problem = json_problem(answer.status, content_type, raw)
@@ -174,10 +176,17 @@ async def chat(target: Target, rng: random.Random) -> Outcome:
     return outcome
 
 
+OTHER_PATHS = [
+    *("/v1/models", "/v1/nothing", "/v1/streams", "/v1/control/x"),
+    *("/", "/chat", "/sdk/sluice.js", "/ui/chat.css"),  # the chat page and the SDK
+    *("/ui/../pyproject.toml", "/ui/%2e%2e/README.md", "/ui/%2e%2e%2fREADME.md"),
+]
+
+
 async def elsewhere(target: Target, rng: random.Random) -> Outcome:
     """Unknown routes and methods, and the models list."""
     base = rng.choice([target.gateway, target.streamer])
-    path = rng.choice(["/v1/models", "/v1/nothing", "/v1/streams", "/", "/v1/control/x"])
+    path = rng.choice(OTHER_PATHS)
     path += rng.choice(["", "?" + quote(rng.choice(mutate.STRANGE_STRINGS))])
     method = rng.choice(["GET", "POST", "PATCH", "OPTIONS"])
     outcome, _, _ = await _http(
