@@ -6,7 +6,8 @@ control, the slow-consumer reset), spelled as JSON text messages
 under the gateway's rules (:mod:`libs.common.control_frames`): ``cancel``, ``pace``
 and ``feedback`` of this socket's stream are carried out and acked as ``/v1/control``
 does, ``ping`` is answered ``pong``; submitting is the gateway's job. The read token
-is the authority: it names the stream and the tenant, and nothing else is reachable.
+is the authority: it names the stream, whose own tenant is the one that acts, and nothing
+else is reachable.
 """
 
 from __future__ import annotations
