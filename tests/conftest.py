@@ -65,15 +65,29 @@ def own_servers(tmp: Path, appendonly: bool = True) -> Iterator[tuple[Server, Se
 
 
 @contextmanager
-def stack_with_models(tmp: Path, models: dict[str, Any], **env: str) -> Iterator[Stack]:
-    """A suite of its own (own NATS and Redis) whose runners serve ``models``."""
-    settings = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models), **env}
+def own_suite(tmp: Path, env: dict[str, str]) -> Iterator[Stack]:
+    """A suite of its own (own NATS and Redis, the four services) with ``env`` over FAST_ENV."""
     with own_servers(tmp) as (nats, redis):
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=settings)
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env={**FAST_ENV, **env})
         try:
             yield suite.start()
         finally:
             suite.stop()
+
+
+def private_suite(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[Stack]:
+    """For a fixture: :func:`own_suite` in a fresh temporary directory named ``name``."""
+    with own_suite(tmp_path_factory.mktemp(name), env) as suite:
+        yield suite
+
+
+@contextmanager
+def stack_with_models(tmp: Path, models: dict[str, Any], **env: str) -> Iterator[Stack]:
+    """A suite of its own whose runners serve ``models``."""
+    with own_suite(tmp, {"SLUICE_MODELS": json.dumps(models), **env}) as suite:
+        yield suite
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +113,7 @@ def stack(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 FAST_ENV = {
-    "SLUICE_SECRET": "test-secret",
+    "SLUICE_SECRET": "test-secret-of-at-least-32-bytes-for-hmac",
     "SLUICE_HEARTBEAT_S": "1",
     "SLUICE_STALL_TIMEOUT_S": "3",
     "SLUICE_RUNNER_HEARTBEAT_S": "0.5",

@@ -1,6 +1,7 @@
 """The rules every control WebSocket applies to what a client sends, and its answers.
 
-A frame over :data:`MAX_FRAME_BYTES`, past the socket's rate, or malformed gets an
+A frame over :data:`MAX_FRAME_BYTES`, past the socket's or its tenant's rate, or
+malformed, or whose handling fails in any way, gets an
 ``error`` frame (with the frame's ``ref`` when it has a readable one) and the socket
 stays open; a frame past :data:`HARD_FRAME_BYTES` is not even read, and aiohttp
 closes the socket (1009). The gateway's ``/v1/control`` and the streamer's stream
@@ -9,7 +10,6 @@ sockets share these rules, so a client meets the same answers on either.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -18,7 +18,6 @@ from libs.common.api import (
     AckFrame,
     CancelFrame,
     ClientFrame,
-    ErrorBody,
     ErrorFrame,
     FeedbackFrame,
     PaceFrame,
@@ -26,7 +25,9 @@ from libs.common.api import (
     decode_frame,
     frame_ref,
 )
-from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
+from libs.common.boundary import classify, error_body
+from libs.common.errors import InvalidRequest, RateLimited, TooLarge
+from libs.common.limits import TokenBucket
 from libs.common.stream_control import StreamControl
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -36,35 +37,29 @@ FRAME_BURST = 40.0
 _json = msgspec.json.Encoder()
 
 Handle = Callable[[ClientFrame], Awaitable[list[ServerFrame]]]
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+Admit = Callable[[], None]
+"""Counts a frame against its tenant's rate over all its sockets; raises past it."""
 
 
 def encode(frame: ServerFrame) -> str:
     return _json.encode(frame).decode()
 
 
-async def answer(data: str | bytes, bucket: TokenBucket, handle: Handle) -> list[ServerFrame]:
-    """The frames that answer one received frame: ``handle``'s, or one ``error`` frame."""
+async def answer(
+    data: str | bytes, bucket: TokenBucket, admit: Admit, handle: Handle
+) -> list[ServerFrame]:
+    """The frames that answer one received frame: ``handle``'s, or one ``error`` frame.
+
+    Any failure, expected or not, is one ``error`` frame from the error boundary's
+    table: one bad frame never ends the socket.
+    """
     ref = None
     try:
         if len(data) > MAX_FRAME_BYTES:
             raise TooLarge(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
         if not bucket.take():
             raise RateLimited(f"more than {FRAMES_PER_S:g} frames/s", retry_after_s=1)
+        admit()
         try:
             frame = decode_frame(data)
         except InvalidRequest:
@@ -72,9 +67,9 @@ async def answer(data: str | bytes, bucket: TokenBucket, handle: Handle) -> list
             raise
         ref = frame.ref
         return await handle(frame)
-    except SluiceError as exc:
-        error = ErrorBody(type=exc.type, message=exc.message)
-        return [ErrorFrame(error=error, ref=ref, retry_after_s=exc.retry_after_s)]
+    except Exception as exc:
+        error = classify(exc)
+        return [ErrorFrame(error=error_body(error), ref=ref, retry_after_s=error.retry_after_s)]
 
 
 async def forward(

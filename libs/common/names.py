@@ -9,6 +9,7 @@ STATS = "sluice.stats"
 COORDINATOR_QUEUE = "coordinator"
 
 ALL_CONTROL = "sluice.stream.*.control"
+ALL_LIFECYCLE = "sluice.stream.*.lifecycle"
 
 
 def runner_start(runner_id: str) -> str:
@@ -35,6 +36,11 @@ def log_key(stream_id: str) -> str:
 
 def meta_key(stream_id: str) -> str:
     return f"sluice:meta:{stream_id}"
+
+
+def prompt_key(stream_id: str) -> str:
+    """A large request's prompt, parked while the stream waits for a runner."""
+    return f"sluice:prompt:{stream_id}"
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:

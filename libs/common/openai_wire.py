@@ -24,6 +24,7 @@ from libs.common.api import (
     Sampling,
     SimParams,
     StreamRequest,
+    check_metadata,
     decode_with,
 )
 from libs.common.errors import InvalidRequest
@@ -69,6 +70,7 @@ class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
+        check_metadata(self.metadata)
         check_tools(self.tools, self.tool_choice)
 
     @property

@@ -132,7 +132,7 @@ class SSEParser:
                 if "\x00" not in value:
                     self.last_event_id = value
             elif name == "retry":
-                if value.isascii() and value.isdigit():
+                if value.isascii() and value.isdigit() and len(value) < 16:
                     self.retry = int(value)
             elif name and self._on_unknown_field is not None:
                 self._on_unknown_field(line)

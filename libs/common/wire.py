@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from libs.common.api import Message, Sampling, SimParams
+from libs.common.api import Message, Sampling, SimParams, chat_messages, prompt_text
 from libs.common.channels import Channels, ToolCall
 from libs.common.tooling import ToolParams
 
@@ -26,10 +26,11 @@ class Submit(Wire, tag="submit", frozen=True):
     id: str
     tenant: str
     model: str
-    messages: list[Message]
-    prompt: str
     max_tokens: int
     created_ns: int
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    parked: bool = False
     conversation_id: str | None = None
     supersede: bool = False
     debounce_ms: int = 0
@@ -37,6 +38,20 @@ class Submit(Wire, tag="submit", frozen=True):
     sim: SimParams | None = None
     sampling: Sampling | None = None
     tooling: ToolParams | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        return prompt_text(self.prompt, self.messages)
+
+    def chat_messages(self) -> list[Message]:
+        return chat_messages(self.prompt, self.messages)
+
+
+class PromptBody(Wire, tag="prompt", frozen=True):
+    """A large request's prompt or messages, parked in Redis beside a :class:`Submit`."""
+
+    prompt: str | None = None
+    messages: list[Message] | None = None
 
 
 class Accepted(Wire, tag="accepted", frozen=True):
@@ -175,6 +190,7 @@ class Codec(Generic[T]):
 
 
 submit_codec: Codec[Submit] = Codec(Submit)
+prompt_codec: Codec[PromptBody] = Codec(PromptBody)
 submit_reply_codec: Codec[SubmitReply] = Codec(SubmitReply)
 heartbeat_codec: Codec[RunnerHeartbeat] = Codec(RunnerHeartbeat)
 start_codec: Codec[Start] = Codec(Start)

@@ -10,7 +10,7 @@ from libs.common.settings import SettingsError, load_settings
 
 SERVICES = {
     "gateway": "the public API: create, inspect and cancel streams; the control WebSocket;"
-    " the chat page (/) and the dashboard",
+    " the chat page (/); the dashboard (on the admin port)",
     "coordinator": "admission, queueing and placement of streams on runners",
     "runner": "drives a model backend and writes every token to the resume log",
     "streamer": "serves streams to clients over SSE (with resume) and the OpenAI-compatible API",
@@ -21,6 +21,7 @@ TOOLS = {
     "ask": ("libs.tools.ask", "ask one question and print the answer (for scripts)"),
     "top": ("libs.tools.top", "the suite's live figures in the terminal"),
     "bench": ("libs.tools.bench", "measure the suite as a client sees it"),
+    "fuzz": ("libs.tools.fuzz", "random and mutated requests against a running suite"),
     "netsim": ("libs.tools.netsim", "a network-weather proxy between clients and the suite"),
 }
 USAGE = "sluice <command> [options]   (sluice <command> --help for a command's options)"

@@ -4,11 +4,13 @@ Uses the NATS and Redis at ``SLUICE_NATS_URL`` / ``SLUICE_REDIS_URL`` when they
 answer; otherwise starts its own, on the configured port when it is free and on a
 free port when something else holds it (it never fights for a taken port). Then the
 four services as separate processes. Ctrl-C or SIGTERM stops everything it started, and
-so does the death of any of them: it says which one died and exits non-zero.
+so does the death of any of them: it says which one died and exits non-zero. Unless
+``SLUICE_SECRET`` is set, each run signs its read tokens with a fresh random one.
 """
 
 from __future__ import annotations
 
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -89,6 +91,8 @@ def main(argv: list[str]) -> None:
             if port != defaults[name]:
                 print(f"  {name:<11} port {defaults[name]} is taken: moved to {port}")
         stack = Stack(nats_url, redis_url, workdir)
+        if not settings.secret:
+            stack.env["SLUICE_SECRET"] = secrets.token_hex(32)
         stack.env["SLUICE_PUBLIC_GATEWAY_URL"] = f"http://127.0.0.1:{ports['gateway']}"
         stack.env["SLUICE_PUBLIC_STREAMER_URL"] = f"http://127.0.0.1:{ports['streamer']}"
         stack.start(ports)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
@@ -35,12 +36,12 @@ from libs.common.api import (
 from libs.common.control_frames import (
     FRAME_BURST,
     FRAMES_PER_S,
-    TokenBucket,
     answer,
     encode,
     forward,
 )
 from libs.common.errors import SluiceError
+from libs.common.limits import TenantLimits, TokenBucket
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import lifecycle_codec
 from services.gateway.streams import Streams
@@ -49,8 +50,16 @@ OUTBOX = 1024
 
 
 class ControlSession:
-    def __init__(self, ws: web.WebSocketResponse, streams: Streams, nc: NATS, tenant: str) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        streams: Streams,
+        nc: NATS,
+        tenant: str,
+        limits: TenantLimits,
+    ) -> None:
         self._ws = ws
+        self._limits = limits
         self._streams = streams
         self._nc = nc
         self._tenant = tenant
@@ -86,7 +95,8 @@ class ControlSession:
                 return
 
     async def _receive(self, data: str | bytes) -> None:
-        for reply in await answer(data, self._bucket, self._handle):
+        admit = partial(self._limits.frame, self._tenant)
+        for reply in await answer(data, self._bucket, admit, self._handle):
             self.send(reply)
 
     async def _handle(self, frame: ClientFrame) -> list[ServerFrame]:

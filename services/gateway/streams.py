@@ -22,12 +22,9 @@ class Streams(StreamControl):
 
     async def admit(self, message: Submit) -> CreatedStream:
         """Hand a prepared stream to a coordinator; the answer of POST /v1/streams."""
-        accepted = await submit(self._nc, self.settings, message)
+        accepted = await submit(self._nc, self.store.redis, self.settings, message)
         token = mint_read_token(
-            self.settings.effective_secret,
-            message.id,
-            message.tenant,
-            self.settings.read_token_ttl_s,
+            self.settings.signing_secret, message.id, self.settings.read_token_ttl_s
         )
         streamer = self.settings.public_url("streamer")
         return CreatedStream(

@@ -17,8 +17,10 @@ from collections import deque
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
+from libs.common.boundary import log_with_correlation_id, with_detail_logged
 from libs.common.channels import Channel, ToolCallAccumulator, ToolCallDelta
-from libs.common.errors import SluiceError
+from libs.common.errors import SluiceError, UpstreamError
+from libs.common.prompts import fetch_parked
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import MetaFields, StreamStore
@@ -88,6 +90,9 @@ class Generation:
         if lease.readers:
             self.unread = 0  # a reader (back) reads from the log what no one read meanwhile
 
+    def age_s(self) -> float:
+        return time.monotonic() - self.started_mono
+
     def idle_s(self) -> float:
         """Seconds no one has read this stream (counted from its start if no one ever did)."""
         return time.monotonic() - max(self.started_mono, self.read_until)
@@ -122,15 +127,19 @@ class Generation:
             return
         reason, requested_ns = state
         await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(
-            self._backend.generate(self.submit, self.outcome, self)
-        )
+        self._producer = asyncio.create_task(self._generate())
         if reason:
             self.cancel(reason, requested_ns)
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
         await self._log.drain(self._buffer)
         await self._finish(self._terminal(stopped_ns))
+
+    async def _generate(self) -> None:
+        self.submit = await retry_forever(
+            lambda: fetch_parked(self._store.redis, self.submit), "fetch the prompt", self.id
+        )
+        await self._backend.generate(self.submit, self.outcome, self)
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
@@ -185,16 +194,12 @@ class Generation:
                 reasoning_tokens=self.outcome.reasoning_tokens,
                 tool_calls=self._tool_calls.calls() or None,
             )
-        if isinstance(error, SluiceError):
-            return Failed(
-                type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
-            )
-        log.error("backend failed", exc_info=error, extra={"stream_id": self.id})
+        if not isinstance(error, SluiceError):
+            correlation_id = log_with_correlation_id("backend failed", error)
+            error = UpstreamError(f"the model backend failed (correlation id {correlation_id})")
+        error = with_detail_logged(error)
         return Failed(
-            type="upstream_error",
-            message=f"model backend failed: {error}",
-            retryable=True,
-            tokens=self.count,
+            type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
         )
 
     async def _finish(self, terminal: Done | Failed) -> None:

@@ -166,13 +166,16 @@ class Runner:
             await self.heartbeat()
 
     async def _watchdog_loop(self) -> None:
-        """Cancel generations no one has read for their ``abandon_after_s``."""
+        """Cancel generations no one has read for their ``abandon_after_s``, and end those
+        that ran ``SLUICE_MAX_STREAM_S`` (finish reason ``length``): no slot is held forever."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             for generation in list(self.generations.values()):
                 limit = generation.submit.abandon_after_s
                 if limit is not None and generation.idle_s() > limit:
                     generation.cancel("abandoned", time.time_ns())
+                elif generation.age_s() > self.settings.max_stream_s:
+                    generation.cancel("length", time.time_ns())
 
 
 def _on_control(generation: Generation, subject: str, data: bytes) -> None:

@@ -16,7 +16,7 @@ from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.stream_control import StreamControl
 from services.streamer import chat
-from services.streamer.delivery import deliver, open_reading, reader_for
+from services.streamer.delivery import Opening, deliver, held, open_reading, reader_for
 from services.streamer.frames import NATIVE_FRAMES
 from services.streamer.hub import Hub
 from services.streamer.keys import CONTROL, HUB, STORE
@@ -27,6 +27,11 @@ from services.streamer.stream_socket import stream_socket
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/streams/{id}/events``: status at once, then tokens, then done."""
     opening = await open_reading(request)
+    with held(request, opening):
+        return await _respond(request, opening)
+
+
+async def _respond(request: web.Request, opening: Opening) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse.RESPONSE_HEADERS)
     await response.prepare(request)
     if opening.meta is None:

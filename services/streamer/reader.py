@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -24,7 +25,7 @@ from aiohttp import hdrs, web
 
 from libs.common import metrics
 from libs.common.channels import Channels, joined
-from libs.common.errors import SlowConsumer
+from libs.common.errors import SlowConsumer, SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
@@ -397,6 +398,12 @@ class Reader:
     async def _write_terminal(self, terminal: Done | Failed) -> bool:
         await self._write(self._frames.terminal(terminal, self.sent))
         return True
+
+    async def fail(self, error: SluiceError) -> None:
+        """End the response with a retryable ``error`` once it has begun: never a cut body."""
+        failed = Failed(type=error.type, message=error.message, retryable=True, tokens=self.sent)
+        with suppress(ClientGone, SlowConsumer):
+            await self._write_terminal(failed)
 
     async def _write(self, data: bytes) -> None:
         """Write and wait until the socket took it all; the wait counts for the stall watchdog.

@@ -6,12 +6,14 @@ control, the slow-consumer reset), spelled as JSON text messages
 under the gateway's rules (:mod:`libs.common.control_frames`): ``cancel``, ``pace``
 and ``feedback`` of this socket's stream are carried out and acked as ``/v1/control``
 does, ``ping`` is answered ``pong``; submitting is the gateway's job. The read token
-is the authority: it names the stream and the tenant, and nothing else is reachable.
+is the authority: it names the stream, whose own tenant is the one that acts, and nothing
+else is reachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aiohttp import WSMsgType, web
 
@@ -20,14 +22,15 @@ from libs.common.control_frames import (
     FRAME_BURST,
     FRAMES_PER_S,
     HARD_FRAME_BYTES,
-    TokenBucket,
     answer,
     encode,
     forward,
 )
 from libs.common.errors import Forbidden, InvalidRequest
+from libs.common.http import LIMITS
+from libs.common.limits import TokenBucket
 from libs.common.tasks import cancel_and_wait
-from services.streamer.delivery import Opening, deliver, open_reading, reader_for
+from services.streamer.delivery import Opening, deliver, held, open_reading, reader_for
 from services.streamer.keys import CONTROL
 from services.streamer.reader import EXPIRED, Reader
 from services.streamer.socket_frames import SOCKET_FRAMES, WebSocketSink
@@ -41,13 +44,16 @@ class StreamSocket:
         self._control = request.app[CONTROL]
         self._opening = opening
         self._bucket = TokenBucket(FRAMES_PER_S, FRAME_BURST)
+        self._admit = partial(request.app[LIMITS].frame, opening.tenant)
 
     async def listen(self, reader: Reader) -> None:
         """Answer control frames until the client closes, then stop the reader."""
         try:
             async for message in self._ws:
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    for reply in await answer(message.data, self._bucket, self._handle):
+                    for reply in await answer(
+                        message.data, self._bucket, self._admit, self._handle
+                    ):
                         await self._ws.send_str(encode(reply))
         except ConnectionError:
             pass
@@ -66,6 +72,11 @@ class StreamSocket:
 
 async def stream_socket(request: web.Request) -> web.WebSocketResponse:
     opening = await open_reading(request)
+    with held(request, opening):
+        return await _serve(request, opening)
+
+
+async def _serve(request: web.Request, opening: Opening) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     if opening.meta is None:

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("dev", "prod")
 SERVICES = {"gateway": 8080, "streamer": 8081, "coordinator": 8082, "runner": 8083}
+ADMIN_PORT = 9090
 MIN_KUSTOMIZE_MAJOR = 5
 
 # Where each path must land, at the Ingress and at the compose edge proxy alike.

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from deploy_support import (
+    ADMIN_PORT,
     DEPLOY,
     ROOT,
     ROUTES,
@@ -95,7 +96,7 @@ def test_prometheus_scrapes_every_service_port_as_its_job() -> None:
         job["job_name"]: [(sd["names"], sd["port"]) for sd in job["dns_sd_configs"]]
         for job in config["scrape_configs"]
     }
-    assert jobs == {name: [([name], port)] for name, port in SERVICES.items()}
+    assert jobs == {name: [([name], ADMIN_PORT)] for name in SERVICES}
 
 
 Directive = dict[str, Any]

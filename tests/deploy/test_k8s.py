@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from deploy_support import (
+    ADMIN_PORT,
     OVERLAYS,
     ROUTES,
     SERVICES,
@@ -67,7 +68,7 @@ def test_each_service_runs_its_own_command_from_the_one_image(
 def test_probes_hit_health_paths_on_the_served_port(rendered: Objects, overlay: str) -> None:
     for name, deployment in of_kind(rendered[overlay], "Deployment").items():
         spec = container(deployment)
-        assert [p["containerPort"] for p in spec["ports"]] == [SERVICES[name]]
+        assert [p["containerPort"] for p in spec["ports"]] == [SERVICES[name], ADMIN_PORT]
         assert env_value(deployment, f"SLUICE_{name.upper()}_PORT") == str(SERVICES[name])
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
             get = spec[probe]["httpGet"]
@@ -83,9 +84,10 @@ def test_services_target_the_container_ports(rendered: Objects, overlay: str) ->
             continue
         pod = deployments[name]["spec"]["template"]
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-        (port,) = service["spec"]["ports"]
-        assert port["port"] == SERVICES[name]
-        assert port_number(container(deployments[name]), port["targetPort"]) == SERVICES[name]
+        public, admin = service["spec"]["ports"]
+        for port, number in ((public, SERVICES[name]), (admin, ADMIN_PORT)):
+            assert port["port"] == number
+            assert port_number(container(deployments[name]), port["targetPort"]) == number
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -325,3 +327,22 @@ def test_prod_servicemonitor_scrapes_every_service(rendered: Objects) -> None:
         service = of_kind(rendered["prod"], "Service")[name]
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == name
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_operator_endpoints_are_on_the_admin_port_which_the_edge_never_routes(
+    rendered: Objects, overlay: str
+) -> None:
+    (config,) = [c for c in of_kind(rendered[overlay], "ConfigMap").values()]
+    assert config["data"]["SLUICE_ADMIN_PORT"] == str(ADMIN_PORT)
+    ingresses = of_kind(rendered[overlay], "Ingress").values()
+    routes = of_kind(rendered[overlay], "HTTPRoute").values()
+    assert len([*ingresses, *routes]) == 1, "one edge per overlay"
+    for ingress in ingresses:
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["port"] == {"name": "http"}
+    for route in routes:
+        for rule in route["spec"]["rules"]:
+            for backend in rule["backendRefs"]:
+                assert backend["port"] == SERVICES[backend["name"]] != ADMIN_PORT

@@ -27,6 +27,7 @@ from tests.conftest import stack_with_models
 from tests.integration.helpers import final, read_stream, text, tokens
 
 API_KEY = "key-b"
+UPSTREAM_SECRET = "sk-upstream-live-0123456789"
 MOCK_READ_TIMEOUT_S = 2
 Script = Callable[[asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
@@ -101,6 +102,13 @@ class FakeUpstream:
             await writer.drain()
 
         return script
+
+    @staticmethod
+    async def echoes_its_credentials(writer: asyncio.StreamWriter) -> None:
+        error = {"error": {"message": f"bad header Authorization: Bearer {UPSTREAM_SECRET}"}}
+        writer.write(chunk("fine ") + b"data: " + json.dumps(error).encode() + b"\n\n")
+        await writer.drain()
+        await asyncio.sleep(30)
 
     @staticmethod
     async def bom_and_cr_lines(writer: asyncio.StreamWriter) -> None:
@@ -391,6 +399,7 @@ async def test_upstream_failure_ends_the_stream_with_a_clear_error(
     assert error.type == "error", [r.type for r in received]
     assert error.json()["type"] == "upstream_error"
     assert fragment in error.json()["message"], error.json()["message"]
+    assert "127.0.0.1" not in error.json()["message"]
     if model != "down" and attempts == 1:
         delivered = sum(t["n"] for t in tokens(received))  # a frame may carry several
         assert f"(after {delivered} tokens)" in error.json()["message"]
@@ -502,3 +511,19 @@ async def test_overhead_of_sluice_against_calling_the_upstream_directly(
         print("\n".join(lines))
     assert statistics.median(ttft["sluice"]) < 1000
     assert percentile(latency["sluice"], 0.5) < 250
+
+
+async def test_an_upstream_error_echoing_credentials_reaches_the_logs_not_the_tenant(
+    client_b: SluiceClient, session: aiohttp.ClientSession, fake: FakeUpstream, relay_stack: Stack
+) -> None:
+    fake.answer_with(fake.echoes_its_credentials)
+    created = await client_b.create(model="fake", messages=hello("leak"))
+    error = final(await read_stream(session, created["events_url"], timeout_s=15)).json()
+    _, info = await client_b.get(created["id"])
+    assert error["type"] == "upstream_error" and info["error"]["type"] == "upstream_error"
+    for shown in (error["message"], info["error"]["message"]):
+        assert UPSTREAM_SECRET not in shown and "correlation id" in shown
+    correlation_id = error["message"].rsplit(" ", 1)[-1].rstrip(")")
+    logs = "".join(path.read_text() for path in relay_stack.logdir.glob("runner-*.log"))
+    logged = [line for line in logs.splitlines() if correlation_id in line]
+    assert logged and UPSTREAM_SECRET in logged[0]

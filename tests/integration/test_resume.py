@@ -222,7 +222,7 @@ async def test_maxlen_caps_the_log_and_resume_before_the_kept_tail_answers_expir
     length = await redis.xlen(names.log_key(stream_id))
     assert length < 300, f"MAXLEN 100 (approximate) left {length} entries"
 
-    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, "anonymous", 60)
+    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, 60)
     url = f"{stack.streamer}/v1/streams/{stream_id}/events?token={token}"
     from_start = await read_stream(session, url)
     assert final(from_start).type == "error" and final(from_start).json()["type"] == "expired"

@@ -133,10 +133,10 @@ async def test_text_and_outcome(
     async with asyncio.timeout(5):
         await backend.generate(submit, outcome, sink)
     count = min(tokens, max_tokens)
-    assert sink.texts == expected(submit.prompt, 3, count)
+    assert sink.texts == expected(submit.prompt_text, 3, count)
     assert outcome.finish_reason == finish_reason
     assert outcome.completion_tokens == count
-    assert outcome.prompt_tokens == len(submit.prompt.split())
+    assert outcome.prompt_tokens == len(submit.prompt_text.split())
 
 
 async def test_many_concurrent_sequences_keep_their_schedule(backend: SimBackend) -> None:

@@ -47,12 +47,14 @@ class Refusal(Exception):
     """The upstream would not start the answer.
 
     ``retry_after_s`` is None when a retry cannot help, else the wait it asked for (0: back off).
+    ``detail`` (the upstream's own words, its URL) is for the logs only.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None, detail: str) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail
 
 
 class OpenAIBackend:
@@ -60,8 +62,8 @@ class OpenAIBackend:
         self._spec = spec
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if spec.api_key:
-            self._headers["Authorization"] = f"Bearer {spec.api_key}"
+        if key := spec.upstream_key():
+            self._headers["Authorization"] = f"Bearer {key}"
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=spec.connect_timeout_s, sock_read=spec.read_timeout_s
         )
@@ -73,7 +75,7 @@ class OpenAIBackend:
     async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[Piece]:
         request = ChatRequest(
             model=self._spec.upstream_model or submit.model,
-            messages=submit.messages,
+            messages=submit.chat_messages(),
             max_tokens=submit.max_tokens,
             stream=True,
             stream_options=StreamOptions(include_usage=True),
@@ -108,11 +110,12 @@ class OpenAIBackend:
             except Refusal as refusal:
                 if refusal.retry_after_s is None or attempt > self._spec.max_retries:
                     tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                    raise UpstreamError(refusal.message + tries) from None
+                    raise UpstreamError(refusal.message + tries, detail=refusal.detail) from None
                 delay = refusal.retry_after_s or backoff.next_s()
                 log.warning(
-                    "%s; retry %d of %d in %.2fs",
+                    "%s (%s); retry %d of %d in %.2fs",
                     refusal.message,
+                    refusal.detail,
                     attempt,
                     self._spec.max_retries,
                     delay,
@@ -125,18 +128,18 @@ class OpenAIBackend:
         try:
             response = await self._client().post(self._url, data=body, headers=self._headers)
         except aiohttp.ClientError as exc:
-            message = f"cannot reach the model server at {self._url}: {_describe(exc)}"
-            raise Refusal(message, 0.0) from None
+            detail = f"{self._url}: {_describe(exc)}"
+            raise Refusal("cannot reach the model server", 0.0, detail) from None
         if response.status == 200:
             return response
         try:
             detail = await _error_text(response)
         finally:
             response.release()
-        message = f"the model server answered {response.status}: {detail}"
+        message = f"the model server answered {response.status}"
         if response.status not in RETRY_STATUSES:
-            raise Refusal(message, None)
-        raise Refusal(message, _retry_after(response))
+            raise Refusal(message, None, detail)
+        raise Refusal(message, _retry_after(response), detail)
 
     async def _tokens(
         self, response: aiohttp.ClientResponse, outcome: Outcome
@@ -148,7 +151,9 @@ class OpenAIBackend:
                 pieces += 1
                 yield piece
         except UpstreamError as exc:
-            raise UpstreamError(f"{exc.message} (after {pieces} tokens)") from None
+            raise UpstreamError(
+                f"{exc.message} (after {pieces} tokens)", detail=exc.detail
+            ) from None
 
     async def _contents(
         self, response: aiohttp.ClientResponse, outcome: Outcome
@@ -186,12 +191,12 @@ class OpenAIBackend:
                 f"the model server sent nothing for {self._spec.read_timeout_s:g}s"
             ) from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(f"the model server's stream broke: {_describe(exc)}") from None
+            raise UpstreamError("the model server's stream broke", detail=_describe(exc)) from None
 
 
 def _not_sse(line: str) -> None:
     raise UpstreamError(
-        f"the model server sent a line that is not server-sent events: {line[:80]!r}"
+        "the model server sent a line that is not server-sent events", detail=repr(line[:80])
     )
 
 
@@ -224,10 +229,11 @@ def _parse(payload: str) -> UpstreamChunk:
     try:
         chunk = _decode_chunk(payload)
     except msgspec.DecodeError as exc:
-        raise UpstreamError(f"the model server sent garbage: {payload[:80]!r} ({exc})") from None
+        detail = f"{payload[:80]!r} ({exc})"
+        raise UpstreamError("the model server sent garbage", detail=detail) from None
     if chunk.error is not None:
         detail = chunk.error if isinstance(chunk.error, str) else chunk.error.message
-        raise UpstreamError(f"the model server reported an error mid-stream: {detail}")
+        raise UpstreamError("the model server reported an error mid-stream", detail=detail)
     return chunk
 
 

@@ -225,7 +225,7 @@ class Answer:
     __slots__ = ("count", "finish_reason", "push", "reasoning", "tokens")
 
     def __init__(self, submit: Submit, params: SimParams, sink: TokenSink) -> None:
-        prompt, seed = submit.prompt, params.seed
+        prompt, seed = submit.prompt_text, params.seed
         shaped = shaped_body(submit.tooling, prompt, seed) if submit.tooling else None
         self.tokens: Iterator[str] = sim_tokens(prompt, seed)
         self.push: Callable[[str], None] = sink.push
@@ -288,7 +288,7 @@ class SimBackend:
         if answer.count:
             self._schedule(sequence)
             await done  # a cancel cancels ``done`` too, so the loop drops the sequence
-        outcome.prompt_tokens = len(submit.prompt.split())
+        outcome.prompt_tokens = len(submit.prompt_text.split())
         outcome.completion_tokens = answer.count
         outcome.reasoning_tokens = answer.reasoning or None
 
