@@ -54,7 +54,7 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
     streamer_id = f"{socket.gethostname()}-{os.getpid()}"
     app[HUB] = Hub(app[NATS_CLIENT], streamer_id, settings.reader_lease_s)
-    app[HUB].start()
+    await app[HUB].start()
     app[CONTROL] = StreamControl(settings, app[NATS_CLIENT], app[STORE])
     yield
     await app[HUB].stop()

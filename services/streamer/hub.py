@@ -8,6 +8,12 @@ someone is still reading. Channels are dealt round-robin into :data:`SLICES` sli
 and one slice is renewed (and its readers ticked) every lease period / SLICES, so a
 thousand renewals (and the runner's handling of them) do not all land in one turn of
 the event loop, delaying every token behind them.
+
+A stream's ``pace`` is heard on one subscription to every stream's control subject,
+not on the stream's own: a reader writes its first ``status`` before its stream's
+subscription is in place, so a client that paces the stream as soon as it sees that
+event would otherwise lose the pace to the race. The hub remembers the last
+:data:`PACE_MEMORY` paces it heard and gives a new channel its stream's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -38,6 +45,7 @@ from services.streamer.reader import Reader
 log = logging.getLogger(__name__)
 
 SLICES = 10
+PACE_MEMORY = 10_000
 
 
 class Channel:
@@ -65,12 +73,11 @@ class Channel:
                 reader.status(change)
             if change.status == "running":
                 self._renew(self)  # a runner just took it: tell it about readers now
-        elif kind == "control":
-            control = control_codec.decode(data)
-            if isinstance(control, Pace):
-                self.pace = control.max_events_per_s
-                for reader in self.readers:
-                    reader.pace(control.max_events_per_s)
+
+    def set_pace(self, max_events_per_s: float) -> None:
+        self.pace = max_events_per_s
+        for reader in self.readers:
+            reader.pace(max_events_per_s)
 
 
 class Hub:
@@ -85,12 +92,31 @@ class Hub:
         self._lease_task: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
         self._live_writes = LiveWrites()
+        self._paces: OrderedDict[str, float] = OrderedDict()
+        self._controls: Subscription | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._controls = await self._nc.subscribe_direct(names.ALL_CONTROL, self._on_control)
+        await self._nc.flush(timeout=5)
         self._lease_task = asyncio.create_task(self._lease_loop())
 
     async def stop(self) -> None:
         await cancel_and_wait([self._lease_task, *self._renewals])
+        if self._controls is not None:
+            await best_effort.unsubscribe(self._controls, names.ALL_CONTROL)
+
+    def _on_control(self, subject: str, data: bytes) -> None:
+        control = control_codec.decode(data)
+        if not isinstance(control, Pace):
+            return
+        stream_id = names.stream_id_of(subject)
+        self._paces[stream_id] = control.max_events_per_s
+        self._paces.move_to_end(stream_id)
+        if len(self._paces) > PACE_MEMORY:
+            self._paces.popitem(last=False)
+        channel = self.channels.get(stream_id)
+        if channel is not None:
+            channel.set_pace(control.max_events_per_s)
 
     @asynccontextmanager
     async def reading(self, reader: Reader) -> AsyncIterator[None]:
@@ -117,6 +143,8 @@ class Hub:
             self._slices[channel.slice][reader.stream_id] = channel
             self._dealt += 1
             channel.readers.add(reader)
+            if (pace := self._paces.get(reader.stream_id)) is not None:
+                channel.set_pace(pace)
             try:
                 channel.subscription = await self._nc.subscribe_direct(
                     names.stream_wildcard(reader.stream_id), channel.on_message

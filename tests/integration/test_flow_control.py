@@ -260,6 +260,26 @@ async def test_pace_caps_frames_per_second_and_coalesces_without_losing_tokens(
     assert sum(t["n"] for t in tokens(received)) == 400
 
 
+async def test_a_pace_sent_before_the_stream_is_read_holds_once_it_is(
+    client: SluiceClient, session: aiohttp.ClientSession
+) -> None:
+    """The reader writes ``status`` before its subscription is in place: a pace sent in
+    that window, or before any reader came, must not be lost."""
+    created = await client.create(
+        prompt="paced early", max_tokens=300, sim=sim(tokens=300, tokens_per_s=200)
+    )
+    async with session.ws_connect(created["control_url"]) as ws:
+        await ws.send_json({"type": "pace", "stream_id": created["id"], "max_events_per_s": PACE})
+        ack = await asyncio.wait_for(ws.receive_json(), 5)
+        assert ack["type"] == "ack", ack
+    received = [event async for event in events(session, created["events_url"])]
+    assert final(received).type == "done", final(received)
+    frames = [r for r in received if r.type == "token"]
+    elapsed_s = (received[-1].at_ns - received[0].at_ns) / 1e9
+    assert len(frames) <= PACE * elapsed_s + 2, (len(frames), elapsed_s)
+    assert sum(t["n"] for t in tokens(received)) == 300
+
+
 async def test_a_quiet_stream_gets_a_ping_every_heartbeat(
     client: SluiceClient, session: aiohttp.ClientSession
 ) -> None:
