@@ -82,6 +82,14 @@ class ChatRequest(
         )
 
 
+class ContinuationRequest(ChatRequest, frozen=True, omit_defaults=True, kw_only=True):
+    """An upstream request that continues the final (assistant) message instead of
+    answering it: vLLM's and SGLang's chat-template flags."""
+
+    continue_final_message: bool = True
+    add_generation_prompt: bool = False
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None

@@ -42,9 +42,18 @@ async def request_cancel(nc: NATS, store: StreamStore, stream_id: str, reason: s
 
 
 async def end_stream(
-    nc: NATS, store: StreamStore, stream_id: str, terminal: Done | Failed, **fields: Any
+    nc: NATS,
+    store: StreamStore,
+    stream_id: str,
+    terminal: Done | Failed,
+    epoch: int | None = None,
+    **fields: Any,
 ) -> bool:
-    """Write the stream's end once and announce it; False if it had already ended."""
+    """Write the stream's end once and announce it; False if it had already ended.
+
+    A runner passes its attempt's ``epoch``: an attempt fenced by a continuation
+    cannot end the stream.
+    """
     status = status_of(terminal)
     if isinstance(terminal, Done):
         fields.setdefault("finish_reason", terminal.finish_reason)
@@ -56,7 +65,7 @@ async def end_stream(
 
     async def write() -> None:
         nonlocal won
-        won = await store.finish(stream_id, terminal, payload, status=status, **fields)
+        won = await store.finish(stream_id, terminal, payload, epoch, status=status, **fields)
 
     await retry_forever(write, "log finish", stream_id)
     if not won:

@@ -5,14 +5,20 @@ stream's buffer at the runner's :class:`~services.runner.logwriter.LogWriter`, w
 numbers, logs and publishes it (first token at once, then per the flush settings).
 While the log cannot be written (Redis restarting) tokens wait in that bounded
 buffer, and the backend stops pulling from the model once it is full.
+
+A generation is one attempt (``epoch``) at its stream. A continuation takes over at
+the seq after the last logged token; an attempt that the stream moved away from is
+fenced: it stops, and neither its tokens nor its end reach the log or a reader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -20,7 +26,7 @@ from libs.common import metrics, names
 from libs.common.errors import SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import Claim, StreamStore
 from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
@@ -30,7 +36,7 @@ from libs.common.wire import (
     Submit,
     lifecycle_codec,
 )
-from services.runner.backends import Backend, Outcome
+from services.runner.backends import Backend, Outcome, Resume
 from services.runner.logwriter import LogWriter, TokenBuffer
 
 log = logging.getLogger(__name__)
@@ -49,9 +55,11 @@ class Generation:
         nc: NATS,
         settings: Settings,
         runner_id: str,
+        epoch: int = 0,
     ) -> None:
         self.submit = submit
         self.id = submit.id
+        self.epoch = epoch
         self._backend = backend
         self._store = store
         self._log = log_writer
@@ -59,7 +67,10 @@ class Generation:
         self._runner_id = runner_id
         self._hold_s = settings.reader_lease_s * LEASE_HOLD
         self._leases: dict[str, float] = {}
-        self._buffer = TokenBuffer(self.id)
+        self._buffer = TokenBuffer(self.id, self.fence)
+        self._buffer.epoch = epoch
+        self._claim = Claim()
+        self.fenced = False
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
         self.outcome = Outcome()
@@ -103,6 +114,16 @@ class Generation:
         if self._producer is not None:
             self._producer.cancel()
 
+    def fence(self, epoch: int | None = None) -> None:
+        """The stream moved to attempt ``epoch`` (None: the log said so): stop for good."""
+        if epoch is not None and epoch <= self.epoch:
+            return
+        if not self.fenced:
+            self.fenced = True
+            log.info("stream moved to another runner; stopping", extra={"stream_id": self.id})
+        if self._producer is not None:
+            self._producer.cancel()
+
     def _emitted_since(self, ns: int) -> int:
         late = 0
         for stamp in reversed(self._recent):
@@ -113,29 +134,61 @@ class Generation:
 
     async def run(self) -> None:
         """The whole life of the generation; never raises."""
-        state = await retry_forever(
-            lambda: self._store.mark_running(self.id, self._runner_id), "mark running", self.id
+        regenerates = self._backend.continuation == "regenerate"
+        claim = await retry_forever(
+            lambda: self._store.mark_running(self.id, self._runner_id, self.epoch, regenerates),
+            "mark running",
+            self.id,
         )
-        if state is None:
+        if claim is None:
             return
-        reason, requested_ns = state
-        await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(
-            self._backend.generate(self.submit, self.outcome, self)
+        self._claim = claim
+        self._buffer.numbered = claim.logged
+        resume = await self._resume()
+        await self._publish_lifecycle(
+            StatusChange(
+                status="running",
+                runner_id=self._runner_id,
+                continued_at=claim.logged if resume else None,
+            )
         )
-        if reason:
-            self.cancel(reason, requested_ns)
+        self._producer = asyncio.create_task(
+            self._backend.generate(self.submit, self.outcome, self, resume)
+        )
+        if claim.cancel_reason:
+            self.cancel(claim.cancel_reason, claim.cancel_requested_ns)
+        if self.fenced:
+            self._producer.cancel()
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
         await self._log.drain(self._buffer)
-        await self._finish(self._terminal(stopped_ns))
+        if not self.fenced:
+            await self._finish(self._terminal(stopped_ns))
+
+    async def _resume(self) -> Resume | None:
+        """Where a continuation takes over; the prefix text comes from the log, never memory."""
+        if not self.epoch:
+            return None
+        logged = self._claim.logged
+        if regenerated := (logged if self._backend.continuation == "regenerate" else 0):
+            metrics.tokens_recomputed.add(regenerated)
+        if self._backend.continuation != "prefix":
+            return Resume(logged)
+        text = await retry_forever(lambda: self._store.logged_text(self.id), "read log", self.id)
+        return Resume(logged, text)
+
+    @property
+    def total(self) -> int:
+        """Tokens of the whole answer so far: those logged before this attempt, and its own."""
+        return self._claim.logged + self.count
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now
-            metrics.runner_ttft.record((now - self.started_ns) / 1e9)
+            if not self.epoch:
+                metrics.runner_ttft.record((now - self.started_ns) / 1e9)
         elif metrics.sampled(self.count - 1):
             metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
         self._last_token_ns = now
@@ -155,40 +208,51 @@ class Generation:
         assert self._producer is not None
         ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
         duration_ms = (stopped_ns - self.started_ns) / 1e6
+        moved = self._moved()
         if self.cancel_reason is not None:
             return Done(
                 finish_reason=self.cancel_reason,
-                tokens=self.count,
+                tokens=self.total,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 tokens_after_cancel=self.count - self._count_at_cancel,
                 cancel_to_stop_ms=max(0.0, (stopped_ns - self._cancel_requested_ns) / 1e6),
+                **moved,
             )
         error = self._producer.exception()
         if error is None:
             return Done(
                 finish_reason=self.outcome.finish_reason,
-                tokens=self.count,
+                tokens=self.total,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
+                **moved,
             )
         if isinstance(error, SluiceError):
             return Failed(
-                type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
+                type=error.type, message=error.message, retryable=error.retryable, tokens=self.total
             )
         log.error("backend failed", exc_info=error, extra={"stream_id": self.id})
         return Failed(
             type="upstream_error",
             message=f"model backend failed: {error}",
             retryable=True,
-            tokens=self.count,
+            tokens=self.total,
         )
+
+    def _moved(self) -> dict[str, Any]:
+        """For a stream that moved: tokens logged by each attempt, and how many were recomputed."""
+        if not self.epoch:
+            return {}
+        marks = [0, *self._claim.handoffs, self.total]
+        attempts = [later - earlier for earlier, later in itertools.pairwise(marks)]
+        return {"attempts": attempts, "recomputed": self._claim.recomputed}
 
     async def _finish(self, terminal: Done | Failed) -> None:
         fields: dict[str, object] = {
-            "tokens": self.count,
+            "tokens": self.total,
             "ttft_ms": getattr(terminal, "ttft_ms", None),
             "duration_ms": getattr(terminal, "duration_ms", None),
             "tokens_unread": self.unread,
@@ -196,7 +260,7 @@ class Generation:
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
-        if await end_stream(self._nc, self._store, self.id, terminal, **fields):
+        if await end_stream(self._nc, self._store, self.id, terminal, self.epoch, **fields):
             self._record(terminal)
 
     def _record(self, terminal: Done | Failed) -> None:

@@ -20,10 +20,11 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from itertools import islice
 
 from libs.common.api import SimParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, TokenSink
+from services.runner.backends import Continuation, Outcome, Resume, TokenSink
 
 WORDS = [
     "the",
@@ -121,6 +122,8 @@ class _Sequence:
 
 
 class SimBackend:
+    continuation: Continuation = "regenerate"
+
     def __init__(self) -> None:
         self._slots: dict[int, list[_Sequence]] = {}  # tick number -> sequences due by then
         self._ticks: list[int] = []  # the slots' tick numbers, a heap
@@ -128,20 +131,25 @@ class SimBackend:
         self._wake_tick = 0
         self._parked: set[asyncio.Task[None]] = set()
 
-    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
+    async def generate(
+        self, submit: Submit, outcome: Outcome, sink: TokenSink, resume: Resume | None = None
+    ) -> None:
+        """With ``resume``, the same text is generated again and the logged part skipped;
+        a continuation pays no time to first token (the model is already warm)."""
         params = submit.sim or SimParams()
         count = min(params.tokens, submit.max_tokens)
         outcome.finish_reason = "length" if params.tokens > submit.max_tokens else "stop"
+        skip = min(resume.logged, count) if resume else 0
         done = asyncio.get_running_loop().create_future()
         sequence = _Sequence(
             sink,
-            sim_tokens(submit.prompt, params.seed),
-            start=time.monotonic() + params.ttft_ms / 1000,
+            islice(sim_tokens(submit.prompt, params.seed), skip, None),
+            start=time.monotonic() + (0 if resume else params.ttft_ms / 1000),
             interval=1.0 / params.tokens_per_s,
-            count=count,
+            count=count - skip,
             done=done,
         )
-        if count:
+        if sequence.count:
             self._schedule(sequence)
             await done  # a cancel cancels ``done`` too, so the loop drops the sequence
         outcome.prompt_tokens = len(submit.prompt.split())
