@@ -86,8 +86,8 @@ class ContinuationRequest(ChatRequest, frozen=True, omit_defaults=True, kw_only=
     """An upstream request that continues the final (assistant) message instead of
     answering it: vLLM's and SGLang's chat-template flags."""
 
-    continue_final_message: bool = True
-    add_generation_prompt: bool = False
+    continue_final_message: bool
+    add_generation_prompt: bool
 
 
 class Delta(msgspec.Struct, omit_defaults=True):

@@ -98,6 +98,8 @@ class OpenAIBackend:
             max_tokens=max(1, submit.max_tokens - resume.logged),
             stream=True,
             stream_options=options,
+            continue_final_message=True,
+            add_generation_prompt=False,
             **fields,
         )
 
