@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.api import Message, SimParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, pump
+from services.runner.backends import Outcome, Resume, pump
 from services.runner.backends.sim import MAX_PER_TICK, TICK_S, SimBackend, sim_tokens
 
 
@@ -114,6 +114,19 @@ def test_sim_tokens_are_a_function_of_prompt_and_seed() -> None:
     assert first != expected("a prompt", 8, 200)
     assert first != expected("another prompt", 7, 200)
     assert all(token.startswith(" ") and len(token) > 1 for token in first)
+
+
+@pytest.mark.parametrize("logged", [0, 1, 37, 60])
+async def test_a_continuation_pushes_exactly_what_follows_the_logged_tokens(
+    backend: SimBackend, logged: int
+) -> None:
+    """Regenerated and skipped, with no time to first token: the rest of the same answer."""
+    submit = make_submit(tokens=60, tokens_per_s=10_000, ttft_ms=60_000, seed=5)
+    sink, outcome = RecordingSink(), Outcome()
+    async with asyncio.timeout(5):
+        await backend.generate(submit, outcome, sink, Resume(logged))
+    assert sink.texts == expected(submit.prompt, 5, 60)[logged:]
+    assert outcome.completion_tokens == 60 and outcome.finish_reason == "stop"
 
 
 @pytest.mark.parametrize(
