@@ -106,3 +106,23 @@ def test_bench_capacity_says_when_not_even_the_fewest_streams_are_within(tmp_pat
     assert isinstance(trials, list) and len(trials) == 1
     assert trials[0]["streams"] == 2 and not trials[0]["within"]
     assert trials[0]["tokens_delivered"] == 300 and trials[0]["errors"] == {}
+
+
+@pytest.mark.slow
+def test_bench_failover_measures_the_stall_at_a_handoff_and_at_a_kill(tmp_path: Path) -> None:
+    figures = bench(
+        tmp_path,
+        "failover",
+        *("--streams", "9", "--tokens", "800", "--tokens-per-s", "100", "--settle-s", "1.5"),
+    )
+    assert figures["streams_exact"] == 9 and figures["faults"] == {}, figures
+    handoff, kill, recomputed = (
+        figures["handoff_stall_ms"],
+        figures["kill_stall_ms"],
+        figures["recomputed_per_continuation"],
+    )
+    assert isinstance(handoff, dict) and isinstance(kill, dict) and isinstance(recomputed, dict)
+    assert handoff["n"] > 0 and kill["n"] > 0 and recomputed["n"] == handoff["n"] + kill["n"]
+    assert kill["p50"] > handoff["p50"], "a kill waits for the runner to be declared lost"
+    exits = figures["sigterm_exit_s"]
+    assert isinstance(exits, list) and exits[0] < 10, "the runner handed over instead of draining"

@@ -67,6 +67,7 @@ async def follow(
     """Read one answer to its end, resuming after any drop; record the stall at each move."""
     texts: list[str] = []
     last_seq, last_token, moved_at = 0, 0.0, 0.0
+    cause = ""
     ended = False
     while not ended:
         try:
@@ -74,10 +75,10 @@ async def follow(
                 now = time.monotonic()
                 if received.type == "status" and "continued_at" in received.json():
                     moved_at = last_token
+                    cause = "kill" if now >= sample.killed_at else "handoff"
                 elif received.type == "token":
                     data = received.json()
                     if moved_at:
-                        cause = "kill" if moved_at >= sample.killed_at else "handoff"
                         sample.stall_ms[cause].append((now - moved_at) * 1000)
                         moved_at = 0.0
                     texts.append(data["text"])
