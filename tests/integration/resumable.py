@@ -30,6 +30,7 @@ class Transcript:
     """Everything one follower saw of one stream, over all its connections."""
 
     texts: list[str] = field(default_factory=list)
+    stream_id: str = ""
     last_id: int = 0
     end: Event | None = None
     connect_statuses: list[str] = field(default_factory=list)

@@ -13,7 +13,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -174,11 +173,8 @@ async def test_kill_9_of_one_runner_of_three_under_60_long_answers_loses_none(
     suite: Suite, gateway: SluiceClient, session: aiohttp.ClientSession, store: StreamStore
 ) -> None:
     tag = f"kill {time.monotonic_ns()}"
-    created = await start_streams(gateway, 60, 2_000, 50, tag)
-    transcripts, done = followers(session, created, [suite.stack.first("streamer")], 120)
-    await wait_until(lambda: all(t.last_id >= 100 for t in transcripts), "100 tokens each", 60)
-    victim = suite.runners()[0]
-    on_victim = await held_by(store, created, victim)
+    answers = await running(suite, gateway, session, store, tag, (60, 2_000, 50), 100)
+    transcripts, done, victim, on_victim = answers
     victim.kill()
     await asyncio.wait_for(done, 120)
     await asyncio.to_thread(suite.replace)
@@ -190,24 +186,38 @@ async def test_kill_9_of_one_runner_of_three_under_60_long_answers_loses_none(
             assert_continued(transcript, 2_000)
 
 
-async def held_by(store: StreamStore, created: list[dict[str, Any]], runner: Service) -> set[int]:
-    """Indexes of the streams ``runner`` holds; asserts it holds some and not all."""
-    owners = [await store.meta(str(c["id"])) for c in created]
+async def running(
+    suite: Suite,
+    gateway: SluiceClient,
+    session: aiohttp.ClientSession,
+    store: StreamStore,
+    tag: str,
+    shape: tuple[int, int, int],
+    tokens_in: int,
+) -> tuple[list[Transcript], asyncio.Future[list[Transcript]], Service, set[int]]:
+    """``shape`` = (answers, tokens, tokens/s) followed to ``tokens_in`` tokens each; a
+    runner, and the indexes of the answers it holds (some, not all)."""
+    count, tokens, rate = shape
+    created = await start_streams(gateway, count, tokens, rate, tag)
+    transcripts, done = followers(
+        session, created, [suite.stack.first("streamer")], 60 + tokens / rate
+    )
+    await wait_until(lambda: all(t.last_id >= tokens_in for t in transcripts), "tokens each", 60)
+    runner = suite.runners()[0]
+    owners = [await store.meta(t.stream_id) for t in transcripts]
     held = {i for i, m in enumerate(owners) if m and m.runner_id == runner.env["SLUICE_RUNNER_ID"]}
-    assert 0 < len(held) < len(created), f"placement put {len(held)} on one runner"
-    return held
+    assert 0 < len(held) < count, f"placement put {len(held)} on one runner"
+    return transcripts, done, runner, held
 
 
 async def test_a_frozen_runner_writes_nothing_after_its_answers_moved_and_stops_them(
     suite: Suite, gateway: SluiceClient, session: aiohttp.ClientSession, store: StreamStore
 ) -> None:
     tag = f"frozen {time.monotonic_ns()}"
-    created = await start_streams(gateway, 9, 600, 50, tag)
-    transcripts, done = followers(session, created, [suite.stack.first("streamer")], 90)
-    await wait_until(lambda: all(t.last_id >= 20 for t in transcripts), "20 tokens each")
-    victim = suite.runners()[0]
-    frozen = await held_by(store, created, victim)
-    ids = [str(created[i]["id"]) for i in frozen]
+    transcripts, done, victim, frozen = await running(
+        suite, gateway, session, store, tag, (9, 600, 50), 20
+    )
+    ids = [transcripts[i].stream_id for i in frozen]
     logged_before = await metric(session, victim.url, "sluice_runner_tokens_total")
     victim.signal(signal.SIGSTOP)
     try:
@@ -219,7 +229,7 @@ async def test_a_frozen_runner_writes_nothing_after_its_answers_moved_and_stops_
     assert_exact(transcripts, [f"{tag} {i}" for i in range(9)], 600)
     for i in frozen:
         assert len(transcripts[i].continued_at) == 1, transcripts[i].statuses
-        await assert_log_contiguous(store, str(created[i]["id"]), 600)
+        await assert_log_contiguous(store, transcripts[i].stream_id, 600)
 
     async def stopped() -> bool:
         return await metric(session, victim.url, "sluice_runner_slots_in_use") == 0

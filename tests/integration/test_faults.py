@@ -96,7 +96,7 @@ def followers(
     timeout_s: float = 60.0,
 ) -> tuple[list[Transcript], asyncio.Future[list[Transcript]]]:
     """Follow every stream, first on ``streamers[0]``, falling over to the others."""
-    transcripts = [Transcript() for _ in created]
+    transcripts = [Transcript(stream_id=str(c["id"])) for c in created]
     tasks = [
         follow(
             session,
