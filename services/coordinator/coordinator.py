@@ -307,9 +307,18 @@ class Coordinator:
             return
         if entry.ready:
             metrics.coordinator_queue_depth.add(-1)
-        done = Done(finish_reason=message.reason, tokens=0, tokens_after_cancel=0)
-        self._spawn(end_stream(self._nc, self._store, stream_id, done, tokens=0))
+        self._spawn(self._end_waiting(stream_id, message.reason, entry.move is not None))
         self._announce_positions()
+
+    async def _end_waiting(self, stream_id: str, reason: str, moved: bool) -> None:
+        """End a stream cancelled in the queue; one waiting to move keeps what it logged."""
+        tokens = 0
+        if moved:
+            tokens = await retry_forever(
+                lambda: self._store.logged_tokens(stream_id), "read log", stream_id
+            )
+        done = Done(finish_reason=reason, tokens=tokens, tokens_after_cancel=0)
+        await end_stream(self._nc, self._store, stream_id, done, tokens=tokens)
 
     async def _on_handoff(self, msg: Msg) -> None:
         """A stopping runner's streams: move those another runner can continue now."""

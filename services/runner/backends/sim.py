@@ -140,10 +140,13 @@ class SimBackend:
         count = min(params.tokens, submit.max_tokens)
         outcome.finish_reason = "length" if params.tokens > submit.max_tokens else "stop"
         skip = min(resume.logged, count) if resume else 0
+        tokens = sim_tokens(submit.prompt, params.seed)
+        if skip:
+            next(islice(tokens, skip - 1, None))  # regenerate what is logged, and drop it
         done = asyncio.get_running_loop().create_future()
         sequence = _Sequence(
             sink,
-            islice(sim_tokens(submit.prompt, params.seed), skip, None),
+            tokens,
             start=time.monotonic() + (0 if resume else params.ttft_ms / 1000),
             interval=1.0 / params.tokens_per_s,
             count=count - skip,
