@@ -63,8 +63,8 @@ if ARGV[3] ~= '0' then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'started_ns', ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns', 'handoffs', 'recomputed')
-return {state[1], state[2], logged, state[3], state[4]}
+local state = redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns', 'handoffs', 'recomputed', 'started_ns')
+return {state[1], state[2], logged, state[3], state[4], state[5]}
 """
 
 _MOVE = """
@@ -135,7 +135,8 @@ class Claim(msgspec.Struct, frozen=True):
 
     ``logged`` tokens are in the log already (the attempt goes on at ``logged + 1``);
     ``handoffs`` is the logged count at each continuation so far, ``recomputed`` the
-    tokens continuations generated again; a cancel recorded meanwhile is passed on.
+    tokens continuations generated again, ``started_ns`` when the first attempt
+    started; a cancel recorded meanwhile is passed on.
     """
 
     cancel_reason: str = ""
@@ -143,6 +144,7 @@ class Claim(msgspec.Struct, frozen=True):
     logged: int = 0
     handoffs: list[int] = []
     recomputed: int = 0
+    started_ns: int = 0
 
 
 class Feedback(msgspec.Struct, frozen=True):
@@ -255,13 +257,14 @@ class StreamStore:
         )
         if result is None:
             return None
-        reason, requested, logged, handoffs, recomputed = result
+        reason, requested, logged, handoffs, recomputed, started = result
         return Claim(
             cancel_reason=_text(reason or b""),
             cancel_requested_ns=int(requested or 0),
             logged=int(logged),
             handoffs=[int(n) for n in _text(handoffs or b"").split(",") if n],
             recomputed=int(recomputed or 0),
+            started_ns=int(started or 0),
         )
 
     async def move(self, stream_id: str, from_runner: str, to_runner: str) -> int | None:

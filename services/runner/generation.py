@@ -206,8 +206,10 @@ class Generation:
 
     def _terminal(self, stopped_ns: int) -> Done | Failed:
         assert self._producer is not None
-        ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
-        duration_ms = (stopped_ns - self.started_ns) / 1e6
+        ttft_ms = None  # a continuation's first token is not the answer's
+        if self.first_token_ns and not self.epoch:
+            ttft_ms = (self.first_token_ns - self.started_ns) / 1e6
+        duration_ms = (stopped_ns - (self._claim.started_ns or self.started_ns)) / 1e6
         moved = self._moved()
         if self.cancel_reason is not None:
             return Done(

@@ -66,9 +66,10 @@ async def test_only_the_first_finaliser_ends_a_stream_and_nothing_follows_it(
 
 async def test_a_late_start_on_a_second_runner_does_not_generate_again(store: StreamStore) -> None:
     stream_id = await new_stream(store)
-    assert await store.mark_running(stream_id, "runner-a") == Claim()
+    claim = await store.mark_running(stream_id, "runner-a")
+    assert claim is not None and claim.started_ns > 0 and claim.logged == 0
     assert await store.mark_running(stream_id, "runner-b") is None
-    assert await store.mark_running(stream_id, "runner-a") == Claim()
+    assert await store.mark_running(stream_id, "runner-a") == claim, "started once"
     meta = await store.meta(stream_id)
     assert meta is not None and meta.runner_id == "runner-a"
 
@@ -81,14 +82,18 @@ async def test_a_start_after_the_end_or_with_a_recorded_cancel(store: StreamStor
     cancelled = await new_stream(store)
     await store.update(cancelled, cancel_requested_ns=42, cancel_reason="superseded")
     claim = await store.mark_running(cancelled, "runner-a")
-    assert claim == Claim(cancel_reason="superseded", cancel_requested_ns=42)
+    assert claim is not None and (claim.cancel_reason, claim.cancel_requested_ns) == (
+        "superseded",
+        42,
+    )
 
 
 async def test_a_moved_stream_refuses_every_write_and_the_end_of_the_attempt_before(
     store: StreamStore,
 ) -> None:
     stream_id = await new_stream(store)
-    assert await store.mark_running(stream_id, "runner-a") == Claim()
+    first = await store.mark_running(stream_id, "runner-a")
+    assert first is not None and first.logged == 0
     assert await store.append([(stream_id, *batch(1, 2), 0)]) == set()
     assert await store.move(stream_id, "runner-a", "runner-b") == 1
     assert await store.move(stream_id, "runner-a", "runner-c") is None, "moved once only"
@@ -97,7 +102,7 @@ async def test_a_moved_stream_refuses_every_write_and_the_end_of_the_attempt_bef
     assert not await store.finish(stream_id, done, tokens_codec.encode(done), 0)
     assert await store.mark_running(stream_id, "runner-a", 0) is None, "a stale start loses"
     claim = await store.mark_running(stream_id, "runner-b", 1, regenerates=True)
-    assert claim == Claim(logged=2, handoffs=[2], recomputed=2)
+    assert claim == Claim(logged=2, handoffs=[2], recomputed=2, started_ns=first.started_ns)
     assert await store.append([(stream_id, *batch(3, 1), 1)]) == set()
     assert await store.logged_text(stream_id) == " t1 t2 t3"
     assert await store.finish(stream_id, done, tokens_codec.encode(done), 1, status="completed")
