@@ -8,17 +8,38 @@ never leak into other tests.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from libs.tools.client import SluiceClient
-from libs.tools.servers import Server, nats_server, redis_server
-from libs.tools.stack import Stack
+from libs.client.http import SluiceClient
+from libs.tools.servers import (
+    Server,
+    ServerError,
+    binary_version,
+    free_port,
+    nats_server,
+    redis_binary,
+    redis_server,
+)
+from libs.tools.stack import SERVICES, Stack, page_origins
+from tests.netcut import CuttableLink, LinkedStack
+
+
+def pytest_report_header() -> str:
+    """Which Redis engine the session's servers run: the logs of CI's two runs say it."""
+    try:
+        binary = redis_binary()
+    except ServerError as missing:
+        return f"redis engine: none ({missing})"
+    return f"redis engine: {binary} ({binary_version(binary)})"
 
 
 @contextmanager
@@ -41,6 +62,18 @@ def own_servers(tmp: Path, appendonly: bool = True) -> Iterator[tuple[Server, Se
     finally:
         nats.stop()
         redis.stop()
+
+
+@contextmanager
+def stack_with_models(tmp: Path, models: dict[str, Any], **env: str) -> Iterator[Stack]:
+    """A suite of its own (own NATS and Redis) whose runners serve ``models``."""
+    settings = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models), **env}
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=settings)
+        try:
+            yield suite.start()
+        finally:
+            suite.stop()
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +107,31 @@ FAST_ENV = {
     "SLUICE_DRAIN_TIMEOUT_S": "3",
     "SLUICE_LOG_LEVEL": "WARNING",
 }
+
+
+@pytest.fixture(scope="module")
+async def linked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LinkedStack]:
+    """A suite of its own (NATS and Redis too) whose streamer clients reach through a link.
+
+    A test can cut the link: a network loss. The chat page of its gateway reads SSE from
+    the link's origin, as under ``sluice dev``.
+    """
+    tmp = tmp_path_factory.mktemp("linked-stack")
+    ports = {name: free_port() for name in SERVICES}
+    link = await CuttableLink(ports["streamer"]).start()
+    env = {
+        **FAST_ENV,
+        "SLUICE_PUBLIC_STREAMER_URL": link.url,
+        "SLUICE_CORS_ORIGINS": page_origins(ports["gateway"]),
+    }
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
+        await asyncio.to_thread(suite.start, ports)
+        try:
+            yield LinkedStack(suite, link)
+        finally:
+            await asyncio.to_thread(suite.stop)
+            await link.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,16 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from libs.common.errors import InvalidRequest
+from libs.common.tooling import (
+    CallId,
+    MessageToolCall,
+    ResponseFormat,
+    ToolChoice,
+    ToolParams,
+    Tools,
+    check_tools,
+    tool_params,
+)
 
 Status = Literal["queued", "running", "completed", "cancelled", "superseded", "abandoned", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset(
@@ -28,6 +38,8 @@ class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tokens_per_s: Annotated[float, Meta(gt=0, le=1_000_000)] = 50.0
     tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
     seed: int = 0
+    reasoning_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    """Thinking tokens streamed on the reasoning channel before the answer."""
 
 
 class ContentPart(msgspec.Struct, frozen=True):
@@ -35,12 +47,25 @@ class ContentPart(msgspec.Struct, frozen=True):
     text: str = ""
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One chat message; an assistant's may hold tool calls instead of content."""
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Meta(max_length=128)] | None = None
+    tool_call_id: CallId | None = None
+    name: Name | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("`content` is required unless an assistant message has `tool_calls`")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("`tool_call_id` is required on, and only on, a `tool` message")
 
     @property
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content if part.type == "text")
@@ -50,7 +75,7 @@ StopSequences = Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta
 
 
 class Sampling(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
-    """Decoding parameters handed to an upstream model as they are; ``sim`` ignores them."""
+    """Parameters handed to an upstream model as they are; ``sim`` ignores them."""
 
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
@@ -58,6 +83,8 @@ class Sampling(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     seed: int | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    user: Annotated[str, Meta(max_length=256)] | None = None
 
 
 class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -74,10 +101,21 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     metadata: dict[str, Any] = {}
     sim: SimParams | None = None
     sampling: Sampling | None = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of `prompt` and `messages` is required")
+        check_tools(self.tools, self.tool_choice)
+
+    @property
+    def tooling(self) -> ToolParams | None:
+        return tool_params(
+            self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
+        )
 
     @property
     def prompt_text(self) -> str:

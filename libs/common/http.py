@@ -44,7 +44,7 @@ def _from_http_exception(exc: web.HTTPException) -> SluiceError:
     if exc.status == 413:
         return TooLarge("request body too large")
     error = InvalidRequest(exc.reason)
-    error.status = exc.status  # type: ignore[misc]
+    error.status = exc.status  # type: ignore[misc]  # keep aiohttp's status (405, 414, ...)
     return error
 
 

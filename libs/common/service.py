@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from libs.common.connections import connect_nats, connect_redis
+from libs.common.cors import Cors
 from libs.common.direct_nats import DirectNATS
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
@@ -52,11 +53,17 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
 
 
+# How long /readyz waits on Redis; the Kubernetes readiness probes' timeouts exceed it.
+READY_REDIS_TIMEOUT_S = 1.0
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready when both NATS and Redis answer; 503 otherwise, naming what failed."""
     checks = {"nats": request.app[NATS_CLIENT].is_connected, "redis": False}
     try:
-        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), 1.0))
+        checks["redis"] = bool(
+            await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), READY_REDIS_TIMEOUT_S)
+        )
     except Exception as exc:
         log.warning("redis not ready: %s", exc)
     ready = all(checks.values())
@@ -81,6 +88,7 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SERVICE_NAME] = service
+    Cors(settings.cors_origins).install(app)
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -58,6 +58,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     runner_port: Port = 8083
     public_gateway_url: str = ""
     public_streamer_url: str = ""
+    cors_origins: str = ""
 
     max_body_bytes: Count = 1_048_576
     read_token_ttl_s: Count = 86_400

@@ -9,7 +9,7 @@ atomic script that only the first finaliser wins (runner, coordinator or cancel)
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import msgspec
 import redis.asyncio as aioredis
@@ -122,6 +122,41 @@ class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     submit: str = ""
 
 
+class MetaFields(TypedDict, total=False):
+    """A partial write of :class:`StreamMeta`: the same names, checked by mypy and at run time.
+
+    ``None`` leaves a field as it is.
+    """
+
+    status: str
+    tenant: str
+    model: str
+    conversation_id: str
+    runner_id: str
+    tokens: int
+    finish_reason: str
+    created_ns: int
+    started_ns: int
+    first_token_ns: int
+    finished_ns: int
+    ttft_ms: float | None
+    duration_ms: float | None
+    abandon_after_s: float | None
+    cancel_requested_ns: int
+    cancel_reason: str
+    tokens_after_cancel: int | None
+    cancel_to_stop_ms: float | None
+    error_type: str
+    error_message: str
+    tokens_unread: int | None
+    traceparent: str
+    epoch: int
+    submit: str
+
+
+_META_FIELDS = frozenset(StreamMeta.__struct_fields__)
+
+
 class Admission(msgspec.Struct, frozen=True):
     """What admitting did: the tenant's active streams after it; the conversation's last."""
 
@@ -159,6 +194,14 @@ class Feedback(msgspec.Struct, frozen=True):
 
 def _as_fields(values: dict[str, Any]) -> dict[Any, Any]:
     return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def _meta_fields(fields: MetaFields) -> dict[Any, Any]:
+    """The hash fields to write; a name that :class:`StreamMeta` lacks is a TypeError."""
+    unknown = fields.keys() - _META_FIELDS
+    if unknown:
+        raise TypeError(f"not fields of the stream meta: {', '.join(sorted(unknown))}")
+    return _as_fields(dict(fields))
 
 
 def _text(value: bytes | str) -> str:
@@ -211,8 +254,8 @@ class StreamStore:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return msgspec.convert(fields, StreamMeta, strict=False)
 
-    async def update(self, stream_id: str, **fields: Any) -> None:
-        await self.redis.hset(names.meta_key(stream_id), mapping=_as_fields(fields))
+    async def update(self, stream_id: str, **fields: Unpack[MetaFields]) -> None:
+        await self.redis.hset(names.meta_key(stream_id), mapping=_meta_fields(fields))
 
     async def append(self, entries: list[tuple[str, TokenBatch, bytes, int]]) -> set[str]:
         """Log batches of any number of streams in one command; returns the fenced streams.
@@ -282,19 +325,19 @@ class StreamStore:
         stream_id: str,
         terminal: Done | Failed,
         payload: bytes,
-        epoch: int | None = None,
-        **fields: Any,
+        attempt: int | None = None,
+        **fields: Unpack[MetaFields],
     ) -> bool:
         """End the stream once: log the terminal entry, set meta, start the TTL clock.
 
         Returns False when another finaliser got there first (the stream keeps its end),
-        or when ``epoch`` is given and the stream has moved to a later attempt.
+        or when ``attempt`` (an epoch) is given and the stream has moved to a later one.
         """
         now = time.time_ns()
-        pairs = [item for pair in _as_fields(fields).items() for item in pair]
+        pairs = [item for pair in _meta_fields(fields).items() for item in pair]
         won = await self._finish(
             keys=[names.meta_key(stream_id), names.log_key(stream_id), stream_id],
-            args=[now, payload, self.ttl_s, "" if epoch is None else epoch, *pairs],
+            args=[now, payload, self.ttl_s, "" if attempt is None else attempt, *pairs],
         )
         return bool(won)
 
@@ -307,18 +350,18 @@ class StreamStore:
         )
         return [tokens_codec.decode(_entry_payload(fields)) for _, fields in entries or ()]
 
-    async def logged_text(self, stream_id: str) -> str:
-        """The text of every logged token, in order: the prefix a continuation goes on from."""
-        texts: list[str] = []
+    async def logged_batches(self, stream_id: str) -> list[TokenBatch]:
+        """Every logged batch, in order: what a continuation goes on from."""
+        batches: list[TokenBatch] = []
         after = 0
         while True:
             messages = await self.read(stream_id, after)
             for message in messages:
                 if isinstance(message, TokenBatch):
-                    texts += message.texts
+                    batches.append(message)
                     after = message.last
             if len(messages) < self.read_chunk:
-                return "".join(texts)
+                return batches
 
     async def log_exists(self, stream_id: str) -> bool:
         return bool(await self.redis.exists(names.log_key(stream_id)))

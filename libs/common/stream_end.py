@@ -8,14 +8,14 @@ between placement and subscription).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Unpack
 
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
 from libs.common.api import FINAL_STATUSES
 from libs.common.retry import retry_forever
-from libs.common.store import StreamStore
+from libs.common.store import MetaFields, StreamStore
 from libs.common.wire import (
     Cancel,
     Done,
@@ -46,26 +46,27 @@ async def end_stream(
     store: StreamStore,
     stream_id: str,
     terminal: Done | Failed,
-    epoch: int | None = None,
-    **fields: Any,
+    attempt: int | None = None,
+    **fields: Unpack[MetaFields],
 ) -> bool:
     """Write the stream's end once and announce it; False if it had already ended.
 
-    A runner passes its attempt's ``epoch``: an attempt fenced by a continuation
+    A runner passes its ``attempt``'s epoch: an attempt fenced by a continuation
     cannot end the stream.
     """
-    status = status_of(terminal)
+    status = fields["status"] = status_of(terminal)
     if isinstance(terminal, Done):
         fields.setdefault("finish_reason", terminal.finish_reason)
     else:
-        fields |= {"finish_reason": "error", "error_type": terminal.type}
-        fields |= {"error_message": terminal.message}
+        fields["finish_reason"] = "error"
+        fields["error_type"] = terminal.type
+        fields["error_message"] = terminal.message
     payload = tokens_codec.encode(terminal)
     won = False
 
     async def write() -> None:
         nonlocal won
-        won = await store.finish(stream_id, terminal, payload, epoch, status=status, **fields)
+        won = await store.finish(stream_id, terminal, payload, attempt, **fields)
 
     await retry_forever(write, "log finish", stream_id)
     if not won:

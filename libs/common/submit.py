@@ -52,6 +52,7 @@ def build_submit(
         abandon_after_s=request.resolved_abandon_after_s(default_abandon_s),
         sim=request.sim,
         sampling=request.sampling,
+        tooling=request.tooling,
     )
 
 

@@ -12,6 +12,8 @@ from typing import Generic, TypeVar
 import msgspec
 
 from libs.common.api import Message, Sampling, SimParams
+from libs.common.channels import Channels, ToolCall
+from libs.common.tooling import ToolParams
 
 
 class Wire(msgspec.Struct, frozen=True, tag_field="k"):
@@ -34,6 +36,7 @@ class Submit(Wire, tag="submit", frozen=True):
     abandon_after_s: float | None = 30.0
     sim: SimParams | None = None
     sampling: Sampling | None = None
+    tooling: ToolParams | None = None
 
 
 class Accepted(Wire, tag="accepted", frozen=True):
@@ -92,12 +95,16 @@ class Refused(Wire, tag="refused", frozen=True):
 StartReply = Started | Refused
 
 
-class TokenBatch(Wire, tag="t", frozen=True):
-    """Tokens ``first .. first+len(texts)-1``; ``ts`` is the runner's emit time of the first (ns)."""
+class TokenBatch(Wire, tag="t", frozen=True, omit_defaults=True):
+    """Tokens ``first .. first+len(texts)-1``; ``ts`` is the runner's emit time of the first (ns).
+
+    ``channels`` is absent when every token is answer text (see :mod:`libs.common.channels`).
+    """
 
     first: int
     texts: list[str]
     ts: int
+    channels: Channels | None = None
 
     @property
     def last(self) -> int:
@@ -119,6 +126,8 @@ class Done(Wire, tag="done", frozen=True, omit_defaults=True):
     cancel_to_stop_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    tool_calls: list[ToolCall] | None = None
     attempts: list[int] | None = None
     recomputed: int | None = None
 

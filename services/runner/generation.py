@@ -23,10 +23,11 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
+from libs.common.channels import Channel, ToolCallAccumulator, ToolCallDelta
 from libs.common.errors import SluiceError
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import Claim, StreamStore
+from libs.common.store import Claim, MetaFields, StreamStore
 from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
@@ -73,6 +74,7 @@ class Generation:
         self.fenced = False
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
+        self._tool_calls = ToolCallAccumulator()
         self.outcome = Outcome()
         self.count = 0
         self.unread = 0
@@ -166,16 +168,29 @@ class Generation:
             await self._finish(self._terminal(stopped_ns))
 
     async def _resume(self) -> Resume | None:
-        """Where a continuation takes over; the prefix text comes from the log, never memory."""
+        """Where a continuation takes over; what it needs of the answer so far comes from
+        the log, never memory: the answer text for a prefix, a tool call's fragments."""
         if not self.epoch:
             return None
         logged = self._claim.logged
-        if regenerated := (logged if self._backend.continuation == "regenerate" else 0):
-            metrics.tokens_recomputed.add(regenerated)
-        if self._backend.continuation != "prefix":
+        mode = self._backend.continuation
+        if mode == "regenerate":
+            metrics.tokens_recomputed.add(logged)
+        if mode != "prefix" and self.submit.tooling is None:
             return Resume(logged)
-        text = await retry_forever(lambda: self._store.logged_text(self.id), "read log", self.id)
-        return Resume(logged, text)
+        batches = await retry_forever(
+            lambda: self._store.logged_batches(self.id), "read log", self.id
+        )
+        text: list[str] = []
+        for batch in batches:
+            for token, channel in zip(
+                batch.texts, batch.channels or itertools.repeat(None), strict=False
+            ):
+                if channel is None:
+                    text.append(token)
+                elif isinstance(channel, ToolCallDelta):
+                    self._tool_calls.add(channel, token)
+        return Resume(logged, "".join(text) if mode == "prefix" else "")
 
     @property
     def total(self) -> int:
@@ -198,6 +213,13 @@ class Generation:
         self._recent.append(now)
         self._log.push(self._buffer, text, now)
 
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """The backend's next token, of the reasoning or a tool call's arguments."""
+        if isinstance(channel, ToolCallDelta):
+            self._tool_calls.add(channel, text)
+        self.push(text)
+        self._log.set_channel(self._buffer, channel)
+
     def full(self) -> bool:
         return self._buffer.full
 
@@ -211,7 +233,7 @@ class Generation:
             ttft_ms = (self.first_token_ns - self.started_ns) / 1e6
         duration_ms = (stopped_ns - (self._claim.started_ns or self.started_ns)) / 1e6
         moved = self._moved()
-        if self.cancel_reason is not None:
+        if self.cancel_reason is not None:  # a call cut short is no call: no tool_calls
             return Done(
                 finish_reason=self.cancel_reason,
                 tokens=self.total,
@@ -230,6 +252,8 @@ class Generation:
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
+                reasoning_tokens=self.outcome.reasoning_tokens,
+                tool_calls=self._tool_calls.calls() or None,
                 **moved,
             )
         if isinstance(error, SluiceError):
@@ -253,12 +277,12 @@ class Generation:
         return {"attempts": attempts, "recomputed": self._claim.recomputed}
 
     async def _finish(self, terminal: Done | Failed) -> None:
-        fields: dict[str, object] = {
-            "tokens": self.total,
-            "ttft_ms": getattr(terminal, "ttft_ms", None),
-            "duration_ms": getattr(terminal, "duration_ms", None),
-            "tokens_unread": self.unread,
-        }
+        fields = MetaFields(
+            tokens=self.total,
+            ttft_ms=getattr(terminal, "ttft_ms", None),
+            duration_ms=getattr(terminal, "duration_ms", None),
+            tokens_unread=self.unread,
+        )
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
@@ -270,12 +294,24 @@ class Generation:
         metrics.runner_stream_duration.record(duration_s)
         if self.count and duration_s > 0:
             metrics.runner_tokens_per_s.record(self.count / duration_s)
+        if isinstance(terminal, Done):
+            self._record_usage(terminal)
         if self.unread:
             metrics.tokens_wasted.add(self.unread, {"kind": "unread"})
         if isinstance(terminal, Done) and terminal.cancel_to_stop_ms is not None:
             metrics.cancel_to_stop.record(terminal.cancel_to_stop_ms / 1000)
             if terminal.tokens_after_cancel:
                 metrics.tokens_wasted.add(terminal.tokens_after_cancel, {"kind": "after_cancel"})
+
+    def _record_usage(self, done: Done) -> None:
+        usage = {
+            "prompt": done.prompt_tokens,
+            "completion": done.completion_tokens,
+            "reasoning": done.reasoning_tokens,
+        }
+        for kind, count in usage.items():
+            if count:
+                metrics.model_usage.add(count, {"model": self.submit.model, "kind": kind})
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         await retry_forever(lambda: self._nc.publish(subject, payload), "publish", self.id)

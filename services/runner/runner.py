@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import suppress
 from functools import partial
 
 from nats.aio.msg import Msg
@@ -23,7 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from libs.common import metrics, names, tracing
+from libs.common import best_effort, metrics, names, tracing
 from libs.common.direct_nats import DirectNATS
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
@@ -169,8 +168,7 @@ class Runner:
             del self.generations[generation.id]
             metrics.runner_slots_in_use.add(-1)
             for subscription in self._subscriptions.pop(generation.id, []):
-                with suppress(Exception):
-                    await subscription.unsubscribe()
+                await best_effort.unsubscribe(subscription, generation.id)
             self._changed()
 
     def _changed(self) -> None:
@@ -197,8 +195,7 @@ class Runner:
             stopping=self.stopping,
             full=full,
         )
-        with suppress(Exception):
-            await self._nc.publish(names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))
+        await best_effort.publish(self._nc, names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))
 
     async def _heartbeat_loop(self) -> None:
         while True:

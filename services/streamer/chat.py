@@ -22,7 +22,6 @@ from libs.common.openai_wire import (
     ChatCompletion,
     ChatRequest,
     CompletionChoice,
-    CompletionMessage,
     ModelCard,
     ModelList,
     decode_chat_request,
@@ -152,7 +151,7 @@ async def _complete(
         return openai_error_response(from_type(frames.end.type, frames.end.message), headers)
     if not isinstance(frames.end, Done):
         return web.Response(status=499)  # the client left; no one reads this
-    choice = CompletionChoice(CompletionMessage("".join(frames.texts)), frames.end.finish_reason)
+    choice = CompletionChoice(frames.answer(frames.end), frames.end.finish_reason)
     completion = ChatCompletion(
         id=message.id,
         created=message.created_ns // 1_000_000_000,

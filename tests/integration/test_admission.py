@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.tools.client import Received, SluiceClient
+from libs.client.http import Received, SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import final, metric, read_stream, sim, tokens

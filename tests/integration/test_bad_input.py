@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 import redis
 
+from libs.client.http import SluiceClient, StreamRefused, events
 from libs.common.auth import mint_read_token, new_stream_id
-from libs.tools.client import SluiceClient, StreamRefused, events
 from libs.tools.stack import Stack
 from tests.integration.helpers import read_stream, sim
 
@@ -69,7 +71,7 @@ async def test_unknown_route_is_a_json_404(stack: Stack, session: aiohttp.Client
         assert (await response.json())["error"]["type"] == "not_found"
 
 
-async def _refusal(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+async def _refusal(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     with pytest.raises(StreamRefused) as refused:
         async for _ in events(session, url):
             pass
@@ -82,7 +84,7 @@ async def test_bad_read_token_looks_the_same_for_real_and_unknown_streams(
     created = await client.create(prompt="secret", sim=sim(tokens=3))
     await read_stream(session, created["events_url"])
     real, unknown = created["id"], new_stream_id()
-    cases = {
+    cases: dict[str, Callable[[str], str]] = {
         "missing": lambda sid: "",
         "garbage": lambda sid: "abc",
         "wrong signature": lambda sid: mint_read_token(b"other-secret", sid, "anonymous", 60),
@@ -105,7 +107,7 @@ async def test_bad_last_event_id_is_400(
 ) -> None:
     created = await client.create(prompt="x", sim=sim(tokens=2))
     status, body = await _refusal(session, created["events_url"] + "&last_event_id=abc")
-    assert status == 400 and body["error"]["type"] == "invalid_request"  # type: ignore[index]
+    assert status == 400 and body["error"]["type"] == "invalid_request"
 
 
 def test_token_expiry_is_checked() -> None:

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
 from libs.common.store import StreamStore
 from libs.common.wire import TokenBatch
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Service, Stack
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import metric

@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
 from libs.common.auth import mint_read_token
 from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import Done, TokenBatch, tokens_codec
 from libs.tools.bench import resume as bench_resume
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV
 from tests.integration.helpers import final, read_stream, sim, text

@@ -104,7 +104,8 @@ async def test_a_moved_stream_refuses_every_write_and_the_end_of_the_attempt_bef
     claim = await store.mark_running(stream_id, "runner-b", 1, regenerates=True)
     assert claim == Claim(logged=2, handoffs=[2], recomputed=2, started_ns=first.started_ns)
     assert await store.append([(stream_id, *batch(3, 1), 1)]) == set()
-    assert await store.logged_text(stream_id) == " t1 t2 t3"
+    batches = await store.logged_batches(stream_id)
+    assert "".join(text for batch in batches for text in batch.texts) == " t1 t2 t3"
     assert await store.finish(stream_id, done, tokens_codec.encode(done), 1, status="completed")
 
 
@@ -150,5 +151,20 @@ async def test_the_feedback_stream_is_capped(store: StreamStore) -> None:
         await store.record_feedback(feedback, maxlen=50)
     length = await store.redis.xlen(names.FEEDBACK_STREAM)
     assert 50 <= length <= 150
-    ((_, last),) = await store.redis.xrevrange(names.FEEDBACK_STREAM, count=1)
-    assert last[b"ts"] == b"999"  # the newest are kept
+    ((_, last),) = await store.redis.xrevrange(names.FEEDBACK_STREAM, count=1) or []
+    assert last is not None and last[b"ts"] == b"999"  # the newest are kept
+
+
+async def test_a_misspelt_meta_field_is_refused_and_writes_nothing(store: StreamStore) -> None:
+    """mypy refuses these calls too (hence the ignores); this is the run-time half."""
+    stream_id = await new_stream(store)
+    before = await store.redis.hgetall(names.meta_key(stream_id))
+    misspelt = {"cancel_reason": "cancelled", "cancel_requsted_ns": 42}
+    with pytest.raises(TypeError, match="cancel_requsted_ns"):
+        await store.update(stream_id, **misspelt)  # type: ignore[arg-type]
+    done = Done(finish_reason="stop", tokens=0)
+    payload = tokens_codec.encode(done)
+    with pytest.raises(TypeError, match="finsh_reason"):
+        await store.finish(stream_id, done, payload, finsh_reason="stop")  # type: ignore[call-arg]
+    assert await store.redis.hgetall(names.meta_key(stream_id)) == before
+    assert await store.read(stream_id, 0) == []

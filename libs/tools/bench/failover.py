@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
+from libs.client.http import SluiceClient, events
 from libs.tools.bench import own_suite
 from libs.tools.bench.stats import emit, line, summary
-from libs.tools.client import SluiceClient, events
 from libs.tools.stack import Service, Stack
 from services.runner.backends.sim import sim_tokens
 

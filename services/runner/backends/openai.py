@@ -22,22 +22,26 @@ import aiohttp
 import msgspec
 
 from libs.common.api import Message
+from libs.common.channels import REASONING, ToolCallDelta
 from libs.common.errors import UpstreamError
 from libs.common.openai_wire import (
     ChatRequest,
     ContinuationRequest,
+    Delta,
     ErrorResponse,
     StreamOptions,
     UpstreamChunk,
+    Usage,
 )
+from libs.common.retry import Backoff
 from libs.common.settings import ModelSpec
+from libs.common.sse import SSEParser
 from libs.common.wire import Submit
-from services.runner.backends import Continuation, Outcome, Resume, TokenSink, pump
+from services.runner.backends import Continuation, Outcome, Piece, Resume, TokenSink, pump
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-BACKOFF_S = (0.1, 0.5, 1.0)
 MAX_RETRY_AFTER_S = 5.0
 ERROR_BODY_BYTES = 4096
 _encode = msgspec.json.Encoder().encode
@@ -81,6 +85,8 @@ class OpenAIBackend:
     def _request(self, submit: Submit, resume: Resume | None) -> ChatRequest:
         """The upstream request; a continuation ends with the logged answer so far, to go on from."""
         fields = msgspec.structs.asdict(submit.sampling) if submit.sampling else {}
+        if submit.tooling:
+            fields |= msgspec.structs.asdict(submit.tooling)
         model = self._spec.upstream_model or submit.model
         options = StreamOptions(include_usage=True)
         if resume is None:
@@ -105,11 +111,11 @@ class OpenAIBackend:
 
     async def _stream(
         self, submit: Submit, outcome: Outcome, resume: Resume | None
-    ) -> AsyncGenerator[str]:
+    ) -> AsyncGenerator[Piece]:
         response = await self._open(_encode(self._request(submit, resume)), submit.id)
         try:
-            async for text in self._tokens(response, outcome):
-                yield text
+            async for piece in self._tokens(response, outcome):
+                yield piece
         except BaseException:
             response.close()
             raise
@@ -127,7 +133,7 @@ class OpenAIBackend:
 
     async def _open(self, body: bytes, stream_id: str) -> aiohttp.ClientResponse:
         """POST the request, retrying refusals that may pass; the 200 response, ready to read."""
-        attempt = 1
+        attempt, backoff = 1, Backoff(first_s=0.1, cap_s=1.0)
         while True:
             try:
                 return await self._post(body)
@@ -135,7 +141,7 @@ class OpenAIBackend:
                 if refusal.retry_after_s is None or attempt > self._spec.max_retries:
                     tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                     raise UpstreamError(refusal.message + tries) from None
-                delay = refusal.retry_after_s or BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
+                delay = refusal.retry_after_s or backoff.next_s()
                 log.warning(
                     "%s; retry %d of %d in %.2fs",
                     refusal.message,
@@ -166,61 +172,47 @@ class OpenAIBackend:
 
     async def _tokens(
         self, response: aiohttp.ClientResponse, outcome: Outcome
-    ) -> AsyncIterator[str]:
-        """The answer's text pieces; a failure says how many had arrived."""
+    ) -> AsyncIterator[Piece]:
+        """The answer's pieces of every channel; a failure says how many had arrived."""
         pieces = 0
         try:
-            async for text in self._contents(response, outcome):
+            async for piece in self._contents(response, outcome):
                 pieces += 1
-                yield text
+                yield piece
         except UpstreamError as exc:
             raise UpstreamError(f"{exc.message} (after {pieces} tokens)") from None
 
     async def _contents(
         self, response: aiohttp.ClientResponse, outcome: Outcome
-    ) -> AsyncIterator[str]:
-        """The content of each chunk until ``[DONE]``, or until the end after a finish reason."""
+    ) -> AsyncIterator[Piece]:
+        """The pieces of each chunk until ``[DONE]``, or until the end after a finish reason."""
         finished = False
         async for payload in self._events(response):
-            if payload == b"[DONE]":
+            if payload == "[DONE]":
                 return
             chunk = _parse(payload)
             if chunk.usage is not None:
-                outcome.prompt_tokens = chunk.usage.prompt_tokens
-                outcome.completion_tokens = chunk.usage.completion_tokens
+                _take_usage(chunk.usage, outcome)
             for choice in chunk.choices:
                 if choice.finish_reason:
                     outcome.finish_reason = choice.finish_reason
                     finished = True
-                if choice.delta.content:
-                    yield choice.delta.content
+                for piece in _pieces(choice.delta):
+                    yield piece
         if not finished:
             raise UpstreamError("the model server ended the stream without finishing the answer")
 
-    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         """The ``data`` of each server-sent event; a line that is not SSE is an error."""
-        data: list[bytes] = []
-        while True:
-            line = await self._readline(response)
-            if not line:
-                return
-            line = line.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-                continue
-            field, _, value = line.partition(b":")
-            if field == b"data":
-                data.append(value.removeprefix(b" "))
-            elif field not in (b"", b"event", b"id", b"retry"):
-                raise UpstreamError(
-                    f"the model server sent a line that is not server-sent events: {line[:80]!r}"
-                )
+        parser = SSEParser(on_unknown_field=_not_sse)
+        while chunk := await self._read(response):
+            for event in parser.feed(chunk):
+                yield event.data
 
-    async def _readline(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The next bytes of the body; empty at its end."""
         try:
-            return await response.content.readline()
+            return await response.content.readany()
         except TimeoutError:
             raise UpstreamError(
                 f"the model server sent nothing for {self._spec.read_timeout_s:g}s"
@@ -229,7 +221,38 @@ class OpenAIBackend:
             raise UpstreamError(f"the model server's stream broke: {_describe(exc)}") from None
 
 
-def _parse(payload: bytes) -> UpstreamChunk:
+def _not_sse(line: str) -> None:
+    raise UpstreamError(
+        f"the model server sent a line that is not server-sent events: {line[:80]!r}"
+    )
+
+
+def _pieces(delta: Delta) -> list[Piece]:
+    """What one delta adds, channel by channel: reasoning, answer text, then tool calls."""
+    pieces: list[Piece] = []
+    reasoning = delta.reasoning_content or delta.reasoning
+    if reasoning:
+        pieces.append((reasoning, REASONING))
+    if delta.content:
+        pieces.append((delta.content, None))
+    for call in delta.tool_calls or ():
+        function = call.function
+        name = function.name if function is not None else None
+        arguments = (function.arguments if function is not None else None) or ""
+        if arguments or call.id or name:
+            pieces.append((arguments, ToolCallDelta(call.index, call.id or None, name or None)))
+    return pieces
+
+
+def _take_usage(usage: Usage, outcome: Outcome) -> None:
+    outcome.prompt_tokens = usage.prompt_tokens
+    outcome.completion_tokens = usage.completion_tokens
+    details = usage.completion_tokens_details
+    if details is not None:
+        outcome.reasoning_tokens = details.reasoning_tokens
+
+
+def _parse(payload: str) -> UpstreamChunk:
     try:
         chunk = _decode_chunk(payload)
     except msgspec.DecodeError as exc:
