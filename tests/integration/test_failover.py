@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,7 +25,7 @@ from libs.common.store import StreamStore
 from libs.common.wire import TokenBatch
 from libs.tools.stack import Service, Stack
 from tests.conftest import FAST_ENV, own_servers
-from tests.integration.helpers import metric
+from tests.integration.helpers import metric, sim
 from tests.integration.resumable import Transcript, wait_until
 from tests.integration.test_faults import (
     assert_exact,
@@ -269,13 +270,50 @@ async def scripted_answer(
     )
     transcripts, done = followers(session, [created], [suite.stack.first("streamer")], 60)
     await wait_until(lambda: transcripts[0].last_id >= 20, "20 tokens")
+    return transcripts[0], done, await holder(suite, str(created["id"]))
+
+
+async def holder(suite: Suite, stream_id: str) -> Service:
+    """The runner that holds the stream now."""
     client = aioredis.Redis.from_url(suite.redis_url)
     try:
-        owner = await client.hget(names.meta_key(str(created["id"])), "runner_id")
+        owner = await client.hget(names.meta_key(stream_id), "runner_id")
     finally:
         await client.aclose()
-    runner = next(r for r in suite.runners() if r.env["SLUICE_RUNNER_ID"].encode() == owner)
-    return transcripts[0], done, runner
+    return next(r for r in suite.runners() if r.env["SLUICE_RUNNER_ID"].encode() == owner)
+
+
+async def test_a_tool_call_cut_by_a_kill_ends_with_the_whole_call_on_its_channels(
+    suite: Suite, gateway: SluiceClient, session: aiohttp.ClientSession
+) -> None:
+    """The fragments logged before the move count in ``done``'s call (the runner that
+    goes on reads them from the log), and reasoning and call tokens keep their channels:
+    the answer equals an uninterrupted one."""
+    stops = {"type": "array", "minItems": 60, "items": {"type": "string"}}
+    plan = {"name": "plan", "parameters": {"type": "object", "properties": {"stops": stops}}}
+    request: dict[str, Any] = {
+        "prompt": f"plan a trip {time.monotonic_ns()}",
+        "max_tokens": 1_000,
+        "tools": [{"type": "function", "function": plan}],
+    }
+    shape = {**sim(tokens_per_s=10, seed=3), "reasoning_tokens": 10}
+    created = await gateway.create(**request, sim=shape)
+    transcripts, done = followers(session, [created], [suite.stack.first("streamer")], 120)
+    await wait_until(lambda: transcripts[0].last_id >= 30, "30 tokens, into the call")
+    (await holder(suite, str(created["id"]))).kill()
+    await asyncio.wait_for(done, 120)
+    await asyncio.to_thread(suite.replace)
+    whole = await gateway.create(**request, sim={**shape, "tokens_per_s": 1_000})
+    [uninterrupted], finished = followers(session, [whole], [suite.stack.first("streamer")], 60)
+    await asyncio.wait_for(finished, 60)
+
+    [moved] = transcripts
+    assert len(moved.continued_at) == 1 and not moved.violations, moved.statuses
+    assert moved.text == uninterrupted.text and moved.last_id == uninterrupted.last_id
+    end, expected = moved.end_json(), uninterrupted.end_json()
+    assert end["finish_reason"] == "tool_calls" and len(end["tool_calls"]) == 1, end
+    assert end["tool_calls"] == expected["tool_calls"]
+    assert end["reasoning_tokens"] == expected["reasoning_tokens"] == 10
 
 
 async def test_openai_prefix_continuation_sends_the_logged_answer_and_goes_on_from_it(
