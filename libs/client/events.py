@@ -43,10 +43,12 @@ class ErrorFrame(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """The stream's state before and between tokens: queued (with position) or running."""
+    """The stream's state before and between tokens: queued (with position) or running;
+    ``continued_at`` is the last token's seq when the answer moved to another runner."""
 
     status: str
     position: int | None = None
+    continued_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,5 +112,9 @@ def decode_error(data: str) -> ErrorFrame:
 
 def decode_status(data: str) -> Status:
     fields = _status.decode(data)
-    position = fields.get("position")
-    return Status(str(fields.get("status", "")), position if isinstance(position, int) else None)
+    position, continued_at = fields.get("position"), fields.get("continued_at")
+    return Status(
+        str(fields.get("status", "")),
+        position if isinstance(position, int) else None,
+        continued_at if isinstance(continued_at, int) else None,
+    )

@@ -48,6 +48,7 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
     "sluice.streamer.delivery_lag": LATENCY_BUCKETS_S,
     "sluice.cancel_to_stop": LATENCY_BUCKETS_S,
     "sluice.coordinator.queue_wait": LATENCY_BUCKETS_S,
+    "sluice.streamer.continuation_stall": LATENCY_BUCKETS_S,
 }
 
 _meter = metrics.get_meter("sluice")
@@ -130,6 +131,19 @@ model_usage = _meter.create_counter(
 tokens_wasted = _meter.create_counter(
     "sluice.tokens.wasted", description="Tokens no one needed: after_cancel, unread"
 )
+continuations = _meter.create_counter(
+    "sluice.continuations",
+    description="Answers moved to another runner mid-way, by cause: handoff (SIGTERM), lost",
+)
+tokens_recomputed = _meter.create_counter(
+    "sluice.tokens.recomputed",
+    description="Tokens a continuation generated again because the log already had them",
+)
+continuation_stall = _meter.create_histogram(
+    "sluice.streamer.continuation_stall",
+    unit="s",
+    description="Last token before an answer moved to the first token after, as readers saw it",
+)
 
 streamer_open_connections = _meter.create_up_down_counter(
     "sluice.streamer.open_connections", description="Open SSE streams"
@@ -169,12 +183,14 @@ runners_alive = _meter.create_up_down_counter(
 ZEROED: dict[str, list[tuple[metrics.Counter, dict[str, str]]]] = {
     "coordinator": [
         (runner_lost, {}),
+        *((continuations, {"cause": cause}) for cause in ("handoff", "lost")),
         (coordinator_rejections, {"reason": "overloaded"}),
         (coordinator_rejections, {"reason": "rate_limited"}),
     ],
     "runner": [
         (tokens_wasted, {"kind": "unread"}),
         (tokens_wasted, {"kind": "after_cancel"}),
+        (tokens_recomputed, {}),
     ],
     "streamer": [
         (streamer_resumes, {}),

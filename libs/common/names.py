@@ -5,6 +5,7 @@ from __future__ import annotations
 SUBMIT = "sluice.submit"
 RUNNER_HEARTBEAT = "sluice.runner.heartbeat"
 RUNNER_ANNOUNCE = "sluice.runner.announce"
+RUNNER_HANDOFF = "sluice.runner.handoff"
 STATS = "sluice.stats"
 COORDINATOR_QUEUE = "coordinator"
 

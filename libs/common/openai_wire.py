@@ -105,6 +105,14 @@ class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
         )
 
 
+class ContinuationRequest(ChatRequest, frozen=True, omit_defaults=True, kw_only=True):
+    """An upstream request that continues the final (assistant) message instead of
+    answering it: vLLM's and SGLang's chat-template flags."""
+
+    continue_final_message: bool
+    add_generation_prompt: bool
+
+
 class FunctionDelta(msgspec.Struct, omit_defaults=True):
     name: str | None = None
     arguments: str | None = None

@@ -32,7 +32,12 @@ class SettingsError(ValueError):
 
 
 class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One entry of ``SLUICE_MODELS``: how a public model name reaches a backend."""
+    """One entry of ``SLUICE_MODELS``: how a public model name reaches a backend.
+
+    ``continuation`` says whether another runner may take an answer over mid-way:
+    ``prefix`` re-requests it with the logged partial answer as an assistant prefix
+    (vLLM's ``continue_final_message``); ``none`` fails it, retryable, as before.
+    """
 
     backend: str = "openai"
     base_url: str = ""
@@ -43,6 +48,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_retries: int = 2
+    continuation: Literal["prefix", "none"] = "none"
 
     def upstream_key(self) -> str:
         """The key for the upstream: inline, or named by an environment variable or a file,

@@ -41,6 +41,8 @@ COUNTERS: dict[str, str] = {
     "sluice_tokens_wasted": "kind",
     "sluice_coordinator_rejections": "reason",
     "sluice_runner_lost": "",
+    "sluice_continuations": "cause",
+    "sluice_tokens_recomputed": "",
 }
 """Counter families shown, each with the label it is broken down by (``""``: summed)."""
 
@@ -57,6 +59,7 @@ HISTOGRAMS = (
     "sluice_streamer_delivery_lag_seconds",
     "sluice_coordinator_queue_wait_seconds",
     "sluice_cancel_to_stop_seconds",
+    "sluice_streamer_continuation_stall_seconds",
 )
 RATE_WINDOW_S = 5.0
 PERCENTILE_WINDOW_S = 60.0
@@ -108,6 +111,7 @@ class Dashboard(msgspec.Struct, frozen=True):
     delivery_ms: Percentiles
     queue_wait_ms: Percentiles
     cancel_to_stop_ms: Percentiles
+    continuation_stall_ms: Percentiles
     totals: dict[str, dict[str, float]]
     waste_ratio: float | None
     window_s: float = PERCENTILE_WINDOW_S
@@ -311,6 +315,7 @@ class Aggregator:
             queue_wait_ms=window("sluice_coordinator_queue_wait_seconds"),
             cancel_to_stop_ms=window("sluice_cancel_to_stop_seconds"),
             totals=totals,
+            continuation_stall_ms=window("sluice_streamer_continuation_stall_seconds"),
             waste_ratio=round(wasted / generated, 4) if generated else None,
         )
 

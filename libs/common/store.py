@@ -21,9 +21,10 @@ TERMINAL_ENTRY_ID = b"1-0"
 READ_CHUNK = 512
 
 _FINISH = """
+if ARGV[4] ~= '' and (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[4] then return 0 end
 if redis.call('HSETNX', KEYS[1], 'finished_ns', ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '1-0', 'm', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
@@ -33,21 +34,45 @@ return 1
 
 
 _APPEND = """
-for i = 1, #KEYS do
-  local added = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], ARGV[2 * i], 'm', ARGV[2 * i + 1])
-  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
-    return added
+local stale = {}
+for i = 1, #KEYS / 2 do
+  if (redis.call('HGET', KEYS[2 * i], 'epoch') or '0') ~= ARGV[3 * i + 1] then
+    stale[#stale + 1] = i
+  else
+    local added = redis.pcall('XADD', KEYS[2 * i - 1], 'MAXLEN', '~', ARGV[1], ARGV[3 * i - 1], 'm', ARGV[3 * i])
+    if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+      return added
+    end
   end
 end
-return #KEYS
+return stale
 """
 
 _START = """
 if redis.call('HEXISTS', KEYS[1], 'finished_ns') == 1 then return nil end
+if (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[3] then return nil end
 local owner = redis.call('HGET', KEYS[1], 'runner_id')
-if owner and owner ~= '' and owner ~= ARGV[1] then return nil end
-redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1], 'started_ns', ARGV[2])
-return redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns')
+if ARGV[3] == '0' and owner and owner ~= '' and owner ~= ARGV[1] then return nil end
+local logged = 0
+local last = redis.call('XREVRANGE', KEYS[2], '(1-0', '-', 'COUNT', 1)[1]
+if last then logged = tonumber(string.match(last[1], '%d+$')) end
+if ARGV[3] ~= '0' then
+  local handoffs = redis.call('HGET', KEYS[1], 'handoffs')
+  redis.call('HSET', KEYS[1], 'handoffs', handoffs and (handoffs .. ',' .. logged) or tostring(logged))
+  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'recomputed', logged) end
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'runner_id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'started_ns', ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'cancel_reason', 'cancel_requested_ns', 'handoffs', 'recomputed', 'started_ns')
+return {state[1], state[2], logged, state[3], state[4], state[5]}
+"""
+
+_MOVE = """
+if redis.call('HEXISTS', KEYS[1], 'finished_ns') == 1 then return nil end
+local owner = redis.call('HGET', KEYS[1], 'runner_id') or ''
+if owner ~= '' and owner ~= ARGV[1] then return nil end
+redis.call('HSET', KEYS[1], 'runner_id', ARGV[2])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
 _ADMIT = """
@@ -93,6 +118,8 @@ class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     error_message: str = ""
     tokens_unread: int | None = None
     traceparent: str = ""
+    epoch: int = 0
+    submit: str = ""
 
 
 class MetaFields(TypedDict, total=False):
@@ -123,6 +150,8 @@ class MetaFields(TypedDict, total=False):
     error_message: str
     tokens_unread: int | None
     traceparent: str
+    epoch: int
+    submit: str
 
 
 _META_FIELDS = frozenset(StreamMeta.__struct_fields__)
@@ -134,6 +163,23 @@ class Admission(msgspec.Struct, frozen=True):
     admitted: bool
     active: int
     previous: str | None = None
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """What a runner learns when it starts an attempt.
+
+    ``logged`` tokens are in the log already (the attempt goes on at ``logged + 1``);
+    ``handoffs`` is the logged count at each continuation so far, ``recomputed`` the
+    tokens continuations generated again, ``started_ns`` when the first attempt
+    started; a cancel recorded meanwhile is passed on.
+    """
+
+    cancel_reason: str = ""
+    cancel_requested_ns: int = 0
+    logged: int = 0
+    handoffs: list[int] = []
+    recomputed: int = 0
+    started_ns: int = 0
 
 
 class Feedback(msgspec.Struct, frozen=True):
@@ -178,6 +224,7 @@ class StreamStore:
         self._finish = redis.register_script(_FINISH)
         self._start = redis.register_script(_START)
         self._admit = redis.register_script(_ADMIT)
+        self._move = redis.register_script(_MOVE)
 
     async def admit(self, stream_id: str, meta: StreamMeta, limit: int) -> Admission:
         """Take a place among the tenant's ``limit`` active streams, write the meta and
@@ -210,9 +257,12 @@ class StreamStore:
     async def update(self, stream_id: str, **fields: Unpack[MetaFields]) -> None:
         await self.redis.hset(names.meta_key(stream_id), mapping=_meta_fields(fields))
 
-    async def append(self, entries: list[tuple[str, TokenBatch, bytes]]) -> None:
-        """Log batches of any number of streams in one command.
+    async def append(self, entries: list[tuple[str, TokenBatch, bytes, int]]) -> set[str]:
+        """Log batches of any number of streams in one command; returns the fenced streams.
 
+        Each batch is written only if its attempt's epoch is still the stream's (checked
+        in the same script, so a runner that lost the stream can never slip a write
+        past a continuation); the streams whose batches were refused are returned.
         One script call instead of a pipeline of XADDs: redis-py spends ~20 µs of
         client CPU on each pipelined command and ~2 µs on each script argument. A
         replayed batch (a retry after a lost reply) is refused by Redis as a
@@ -220,10 +270,11 @@ class StreamStore:
         """
         keys: list[str] = []
         args: list[bytes | int] = [self.maxlen]
-        for stream_id, batch, payload in entries:
-            keys.append(names.log_key(stream_id))
-            args += (b"0-%d" % batch.last, payload)
-        await self._append(keys=keys, args=args)
+        for stream_id, batch, payload, epoch in entries:
+            keys += (names.log_key(stream_id), names.meta_key(stream_id))
+            args += (b"0-%d" % batch.last, payload, epoch)
+        stale = await self._append(keys=keys, args=args)
+        return {entries[int(index) - 1][0] for index in stale or ()}
 
     async def logged_tokens(self, stream_id: str) -> int:
         """How many tokens the log holds: the id of its last token entry."""
@@ -232,34 +283,61 @@ class StreamStore:
             return 0
         return int(_text(entries[0][0] or b"0-0").split("-")[1])
 
-    async def mark_running(self, stream_id: str, runner_id: str) -> tuple[str, int] | None:
-        """Record the start unless the stream ended or another runner has it.
+    async def mark_running(
+        self, stream_id: str, runner_id: str, epoch: int = 0, regenerates: bool = False
+    ) -> Claim | None:
+        """Start attempt ``epoch`` unless the stream ended, moved on, or another runner has it.
 
-        Returns (cancel reason, ns) of a cancel recorded meanwhile. None means: do not
-        generate — the stream ended before it could start (cancelled while placed), or a
-        start that arrived late (the coordinator gave up on this runner and placed the
-        stream elsewhere) lost to the runner that started first.
+        None means: do not generate — the stream ended before it could start (cancelled
+        while placed), it was moved to a later attempt, or a start that arrived late
+        (the coordinator gave up on this runner and placed the stream elsewhere) lost
+        to the runner that started first. A continuation (``epoch`` > 0) records where
+        it took over and, if it ``regenerates`` the logged tokens, counts them.
         """
         result = await self._start(
-            keys=[names.meta_key(stream_id)], args=[runner_id, time.time_ns()]
+            keys=[names.meta_key(stream_id), names.log_key(stream_id)],
+            args=[runner_id, time.time_ns(), epoch, int(regenerates)],
         )
         if result is None:
             return None
-        reason, requested = result
-        return (reason or b"").decode(), int(requested or 0)
+        reason, requested, logged, handoffs, recomputed, started = result
+        return Claim(
+            cancel_reason=_text(reason or b""),
+            cancel_requested_ns=int(requested or 0),
+            logged=int(logged),
+            handoffs=[int(n) for n in _text(handoffs or b"").split(",") if n],
+            recomputed=int(recomputed or 0),
+            started_ns=int(started or 0),
+        )
+
+    async def move(self, stream_id: str, from_runner: str, to_runner: str) -> int | None:
+        """Give the stream to ``to_runner`` as a new attempt; its epoch, or None if it
+        ended or someone already moved it away from ``from_runner``.
+
+        Raising the epoch is the fence: from here on the log refuses every write of the
+        attempts before, in the same script that would append it.
+        """
+        epoch = await self._move(keys=[names.meta_key(stream_id)], args=[from_runner, to_runner])
+        return None if epoch is None else int(epoch)
 
     async def finish(
-        self, stream_id: str, terminal: Done | Failed, payload: bytes, **fields: Unpack[MetaFields]
+        self,
+        stream_id: str,
+        terminal: Done | Failed,
+        payload: bytes,
+        attempt: int | None = None,
+        **fields: Unpack[MetaFields],
     ) -> bool:
         """End the stream once: log the terminal entry, set meta, start the TTL clock.
 
-        Returns False when another finaliser got there first (the stream keeps its end).
+        Returns False when another finaliser got there first (the stream keeps its end),
+        or when ``attempt`` (an epoch) is given and the stream has moved to a later one.
         """
         now = time.time_ns()
         pairs = [item for pair in _meta_fields(fields).items() for item in pair]
         won = await self._finish(
             keys=[names.meta_key(stream_id), names.log_key(stream_id), stream_id],
-            args=[now, payload, self.ttl_s, *pairs],
+            args=[now, payload, self.ttl_s, "" if attempt is None else attempt, *pairs],
         )
         return bool(won)
 
@@ -271,6 +349,19 @@ class StreamStore:
             names.log_key(stream_id), min=f"(0-{after_seq}", max="+", count=count
         )
         return [tokens_codec.decode(_entry_payload(fields)) for _, fields in entries or ()]
+
+    async def logged_batches(self, stream_id: str) -> list[TokenBatch]:
+        """Every logged batch, in order: what a continuation goes on from."""
+        batches: list[TokenBatch] = []
+        after = 0
+        while True:
+            messages = await self.read(stream_id, after)
+            for message in messages:
+                if isinstance(message, TokenBatch):
+                    batches.append(message)
+                    after = message.last
+            if len(messages) < self.read_chunk:
+                return batches
 
     async def log_exists(self, stream_id: str) -> bool:
         return bool(await self.redis.exists(names.log_key(stream_id)))

@@ -46,9 +46,14 @@ async def end_stream(
     store: StreamStore,
     stream_id: str,
     terminal: Done | Failed,
+    attempt: int | None = None,
     **fields: Unpack[MetaFields],
 ) -> bool:
-    """Write the stream's end once and announce it; False if it had already ended."""
+    """Write the stream's end once and announce it; False if it had already ended.
+
+    A runner passes its ``attempt``'s epoch: an attempt fenced by a continuation
+    cannot end the stream.
+    """
     status = fields["status"] = status_of(terminal)
     if isinstance(terminal, Done):
         fields.setdefault("finish_reason", terminal.finish_reason)
@@ -61,7 +66,7 @@ async def end_stream(
 
     async def write() -> None:
         nonlocal won
-        won = await store.finish(stream_id, terminal, payload, **fields)
+        won = await store.finish(stream_id, terminal, payload, attempt, **fields)
 
     await retry_forever(write, "log finish", stream_id)
     if not won:

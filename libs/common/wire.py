@@ -73,7 +73,8 @@ class RunnerHeartbeat(Wire, tag="heartbeat", frozen=True):
 
     Only the periodic beat lists the running streams: slot-change beats come in
     bursts when many streams start at once, and listing every stream in each made
-    starting n streams cost O(n²).
+    starting n streams cost O(n²). ``continuable`` names the models whose answers
+    this runner can take over mid-way from the log.
     """
 
     runner_id: str
@@ -83,13 +84,19 @@ class RunnerHeartbeat(Wire, tag="heartbeat", frozen=True):
     running: list[str] = []
     stopping: bool = False
     full: bool = True
+    continuable: list[str] = []
 
 
 class Start(Wire, tag="start", frozen=True):
-    """coordinator → runner: generate this stream now."""
+    """coordinator → runner: generate this stream now.
+
+    ``epoch`` numbers the attempt: 0 is the first, and each continuation on another
+    runner takes the next, which fences every earlier attempt out of the log.
+    """
 
     submit: Submit
     queued_ms: float = 0.0
+    epoch: int = 0
 
 
 class Started(Wire, tag="started", frozen=True):
@@ -120,7 +127,11 @@ class TokenBatch(Wire, tag="t", frozen=True, omit_defaults=True):
 
 
 class Done(Wire, tag="done", frozen=True, omit_defaults=True):
-    """The stream ended normally or by cancel; the last entry of its log."""
+    """The stream ended normally or by cancel; the last entry of its log.
+
+    A stream that moved between runners says how many tokens each attempt logged
+    (``attempts``) and how many tokens continuations generated again (``recomputed``).
+    """
 
     finish_reason: str
     tokens: int
@@ -132,6 +143,8 @@ class Done(Wire, tag="done", frozen=True, omit_defaults=True):
     completion_tokens: int | None = None
     reasoning_tokens: int | None = None
     tool_calls: list[ToolCall] | None = None
+    attempts: list[int] | None = None
+    recomputed: int | None = None
 
 
 class Failed(Wire, tag="failed", frozen=True):
@@ -158,7 +171,13 @@ class Pace(Wire, tag="pace", frozen=True):
     max_events_per_s: float
 
 
-ControlMessage = Cancel | Pace
+class Fence(Wire, tag="fence", frozen=True):
+    """Attempt ``epoch`` holds the stream now: every earlier attempt stops at once."""
+
+    epoch: int
+
+
+ControlMessage = Cancel | Pace | Fence
 
 
 class ReaderLease(Wire, tag="lease", frozen=True):
@@ -169,9 +188,25 @@ class ReaderLease(Wire, tag="lease", frozen=True):
 
 
 class StatusChange(Wire, tag="status", frozen=True, omit_defaults=True):
+    """A stream's status; ``continued_at`` is the last logged seq when the answer moved."""
+
     status: str
     position: int | None = None
     runner_id: str | None = None
+    continued_at: int | None = None
+
+
+class Handoff(Wire, tag="handoff", frozen=True):
+    """runner → coordinator: this runner is stopping; move these running streams."""
+
+    runner_id: str
+    streams: list[str]
+
+
+class HandoffReply(Wire, tag="handoff_reply", frozen=True):
+    """The streams a coordinator will continue elsewhere; the runner drains the others."""
+
+    moved: list[str]
 
 
 LifecycleMessage = StatusChange
@@ -199,3 +234,7 @@ tokens_codec: Codec[TokensMessage] = Codec(TokensMessage)
 control_codec: Codec[ControlMessage] = Codec(ControlMessage)
 lease_codec: Codec[ReaderLease] = Codec(ReaderLease)
 lifecycle_codec: Codec[LifecycleMessage] = Codec(LifecycleMessage)
+handoff_codec: Codec[Handoff] = Codec(Handoff)
+handoff_reply_codec: Codec[HandoffReply] = Codec(HandoffReply)
+submit_json_encode = msgspec.json.Encoder().encode
+submit_json_decode = msgspec.json.Decoder(Submit).decode

@@ -22,6 +22,7 @@ LATENCY = (
     ("delivery_ms", "token delivery lag"),
     ("queue_wait_ms", "queue wait"),
     ("cancel_to_stop_ms", "cancel to stop"),
+    ("continuation_stall_ms", "stall at a move"),
 )
 BREAKDOWNS = (
     ("sluice_streams_finished", "ended"),
@@ -31,6 +32,8 @@ BREAKDOWNS = (
     ("sluice_streamer_resumes", "resumes"),
     ("sluice_tokens_wasted", "wasted tokens"),
     ("sluice_runner_lost", "runners lost"),
+    ("sluice_continuations", "answers moved"),
+    ("sluice_tokens_recomputed", "tokens recomputed"),
 )
 
 

@@ -4,12 +4,15 @@ Submissions arrive on ``sluice.submit`` (queue group: one coordinator answers ea
 A stream is admitted (meta written, conversation swapped), answered at once with its
 queue position, then placed on the least-loaded runner with room when its debounce
 has passed. Cancels are heard by every coordinator, so whichever holds a waiting
-stream ends it without it ever reaching a model.
+stream ends it without it ever reaching a model. The running streams of a runner
+that stops or dies go back to the front of the queue, to continue on another runner
+(:mod:`services.coordinator.failover`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -36,21 +39,27 @@ from libs.common.wire import (
     Cancel,
     Done,
     Failed,
+    HandoffReply,
     Rejected,
     Start,
     Started,
     StatusChange,
     Submit,
     control_codec,
+    handoff_codec,
+    handoff_reply_codec,
     heartbeat_codec,
     lifecycle_codec,
     start_codec,
     start_reply_codec,
     submit_codec,
+    submit_json_encode,
     submit_reply_codec,
 )
 from services.coordinator.fairness import TenantShares
 from services.coordinator.registry import RunnerRegistry
+from services.coordinator.failover import Move, begin_move, held_by, request_of
+from services.coordinator.registry import RunnerRegistry, RunnerState
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,7 @@ class Waiting:
     admitted_mono: float
     ready: bool = False
     traceparent: str = ""
+    move: Move | None = None
 
     @property
     def stream_id(self) -> str:
@@ -98,6 +108,9 @@ class Coordinator:
         await self._nc.subscribe(names.RUNNER_HEARTBEAT, cb=self._on_heartbeat)
         await self._nc.subscribe(names.ALL_CONTROL, cb=self._on_control)
         await self._nc.subscribe(names.ALL_LIFECYCLE, cb=self._on_lifecycle)
+        await self._nc.subscribe(
+            names.RUNNER_HANDOFF, queue=names.COORDINATOR_QUEUE, cb=self._on_handoff
+        )
         self._liveness = asyncio.create_task(self._liveness_loop())
         await self._nc.publish(names.RUNNER_ANNOUNCE, b"")
 
@@ -200,6 +213,7 @@ class Coordinator:
             created_ns=submit.created_ns,
             abandon_after_s=submit.abandon_after_s,
             traceparent=tracing.traceparent(),
+            submit=submit_json_encode(submit).decode(),
         )
         limit = self.settings.tenant_max_streams
         try:
@@ -225,12 +239,16 @@ class Coordinator:
         return max(1, self._total_slots() // 2) if self.settings.auth_enabled else None
 
     def _pump(self) -> None:
-        """Place ready streams, in fair order between tenants, while some runner has room."""
-        ready = (entry for entry in self.waiting.values() if entry.ready)
-        for entry in self.shares.order(ready, self._tenant_cap()):
+        """Place ready streams while some runner has room: answers moving off a lost or
+        stopping runner first (they were running already), then new ones in fair order
+        between tenants."""
+        ready = [entry for entry in self.waiting.values() if entry.ready]
+        moving = [entry for entry in ready if entry.move is not None]
+        fresh = (entry for entry in ready if entry.move is None)
+        for entry in itertools.chain(moving, self.shares.order(fresh, self._tenant_cap())):
             stream_id, submit = entry.stream_id, entry.submit
             preferred = self._affinity.get((submit.tenant, submit.conversation_id or ""))
-            runner = self.registry.choose(submit.model, preferred)
+            runner = self.registry.choose(submit.model, preferred, entry.move is not None)
             if runner is None:
                 break
             runner.reserved += 1
@@ -245,7 +263,16 @@ class Coordinator:
     async def _place(self, entry: Waiting, runner_id: str) -> None:
         submit = entry.submit
         queued_s = time.monotonic() - entry.admitted_mono
-        request = start_codec.encode(Start(submit=submit, queued_ms=queued_s * 1000))
+        epoch = 0
+        if entry.move is not None:
+            moved = await begin_move(self._nc, self._store, submit.id, entry.move, runner_id)
+            if moved is None:  # it ended meanwhile, or another coordinator moved it
+                self._release(runner_id)
+                return
+            epoch = moved
+            entry.move = Move(runner_id, entry.move.cause)
+        start = Start(submit=submit, queued_ms=queued_s * 1000, epoch=epoch)
+        request = start_codec.encode(start)
         try:
             reply = await self._nc.request(
                 names.runner_start(runner_id),
@@ -257,9 +284,7 @@ class Coordinator:
         except (NatsTimeout, NoRespondersError) as exc:
             verdict = None
             log.warning("runner %s did not take the stream: %r", runner_id, exc)
-        runner = self.registry.runners.get(runner_id)
-        if runner is not None:
-            runner.reserved = max(0, runner.reserved - 1)
+        runner = self._release(runner_id)
         if isinstance(verdict, Started):
             if runner is not None:
                 runner.slots_free = max(0, runner.slots_free - 1)
@@ -283,6 +308,13 @@ class Coordinator:
         self._affinity.move_to_end(key)
         if len(self._affinity) > AFFINITY_MAX:
             self._affinity.popitem(last=False)
+
+    def _release(self, runner_id: str) -> RunnerState | None:
+        """A start to ``runner_id`` was answered (or dropped): its slot is no longer reserved."""
+        runner = self.registry.runners.get(runner_id)
+        if runner is not None:
+            runner.reserved = max(0, runner.reserved - 1)
+        return runner
 
     def _announce_positions(self, again: bool = False) -> None:
         """Publish queue positions that changed; ``again`` repeats them all.
@@ -334,12 +366,57 @@ class Coordinator:
             return
         if entry.ready:
             metrics.coordinator_queue_depth.add(-1)
-        done = Done(finish_reason=message.reason, tokens=0, tokens_after_cancel=0)
-        self._spawn(end_stream(self._nc, self._store, stream_id, done, tokens=0))
+        self._spawn(self._end_waiting(stream_id, message.reason, entry.move is not None))
         self._announce_positions()
 
+    async def _end_waiting(self, stream_id: str, reason: str, moved: bool) -> None:
+        """End a stream cancelled in the queue; one waiting to move keeps what it logged."""
+        tokens = 0
+        if moved:
+            tokens = await retry_forever(
+                lambda: self._store.logged_tokens(stream_id), "read log", stream_id
+            )
+        done = Done(finish_reason=reason, tokens=tokens, tokens_after_cancel=0)
+        await end_stream(self._nc, self._store, stream_id, done, tokens=tokens)
+
+    async def _on_handoff(self, msg: Msg) -> None:
+        """A stopping runner's streams: move those another runner can continue now."""
+        handoff = handoff_codec.decode(msg.data)
+        moved = [
+            stream_id
+            for stream_id in handoff.streams
+            if await self._rescue(stream_id, handoff.runner_id, "handoff")
+        ]
+        await msg.respond(handoff_reply_codec.encode(HandoffReply(moved=moved)))
+
+    async def _rescue(self, stream_id: str, runner_id: str, cause: str) -> bool:
+        """Queue ``runner_id``'s stream, first in line, to continue on another runner.
+
+        False when it cannot: no live runner continues its model (or, for a handoff,
+        no other runner lives at all), or its request was not recorded. A stream that
+        ended or moved meanwhile needs nothing: True.
+        """
+        meta = await retry_forever(lambda: self._store.meta(stream_id), "read meta", stream_id)
+        if meta is None or not held_by(meta, runner_id) or stream_id in self.waiting:
+            return True
+        submit = request_of(meta)
+        capable = self.registry.can_continue(meta.model, runner_id)
+        if submit is None or capable is False or (capable is None and cause == "handoff"):
+            return False
+        entry = Waiting(submit, time.monotonic(), ready=True, move=Move(runner_id, cause))
+        self.waiting[stream_id] = entry
+        self.waiting.move_to_end(stream_id, last=False)
+        metrics.coordinator_queue_depth.add(1)
+        metrics.continuations.add(1, {"cause": cause})
+        self._pump()
+        return True
+
+    async def _rescue_or_fail(self, stream_id: str, runner_id: str) -> None:
+        if not await self._rescue(stream_id, runner_id, "lost"):
+            await self._fail_lost(stream_id, runner_id)
+
     async def _liveness_loop(self) -> None:
-        """Fail the streams of runners whose heartbeats stopped.
+        """Move the streams of runners whose heartbeats stopped to live ones (or fail them).
 
         While this coordinator is cut off from NATS no heartbeat can reach it, so
         silence says nothing about the runners: their clocks restart instead.
@@ -352,22 +429,26 @@ class Coordinator:
             for runner in self.registry.reap():
                 log.warning("runner lost", extra={"runner_id": runner.runner_id})
                 for stream_id in runner.running:
-                    self._spawn(self._fail_lost(stream_id, runner.runner_id))
+                    self._spawn(self._rescue_or_fail(stream_id, runner.runner_id))
             self._count_runners()
             self._expire_waiting()
             self._announce_positions(again=True)
 
     async def _fail_lost(self, stream_id: str, runner_id: str) -> None:
-        """End a lost runner's stream; Redis being down too only delays it (retried)."""
+        """End a lost runner's stream no other runner can continue; Redis being down too
+        only delays it (retried)."""
         meta = await retry_forever(lambda: self._store.meta(stream_id), "read meta", stream_id)
-        if meta is None or meta.runner_id not in ("", runner_id):
+        if not held_by(meta, runner_id):
             return
         logged = await retry_forever(
             lambda: self._store.logged_tokens(stream_id), "read log", stream_id
         )
         failed = Failed(
             type="runner_lost",
-            message=f"runner {runner_id} stopped answering; resume to read what was generated",
+            message=(
+                f"runner {runner_id} stopped answering and no runner can continue this "
+                "answer; resume to read what was generated"
+            ),
             retryable=True,
             tokens=logged,
         )
@@ -382,7 +463,7 @@ class Coordinator:
                 del self.waiting[stream_id]
                 metrics.coordinator_queue_depth.add(-1)
                 failed = Failed(
-                    type="overloaded",
+                    type="runner_lost" if entry.move else "overloaded",
                     message=f"no runner free within {self.settings.queue_wait_s:g}s",
                     retryable=True,
                 )

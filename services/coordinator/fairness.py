@@ -52,10 +52,11 @@ class TenantShares:
         return self._running[tenant]
 
     def placed(self, stream_id: str, tenant: str, runner_id: str) -> None:
-        """Count the stream from the moment a start is sent, so an early end is never missed."""
-        if stream_id not in self._placed:
-            self._placed[stream_id] = _Placed(tenant, runner_id, time.monotonic())
+        """Count the stream from the moment a start is sent, so an early end is never missed;
+        a moved answer is counted once, under the runner it moved to."""
+        if stream_id not in self._placed:  # an answer moving to another runner counts once
             self._running[tenant] += 1
+        self._placed[stream_id] = _Placed(tenant, runner_id, time.monotonic())
 
     def ended(self, stream_id: str) -> None:
         """The stream finished, or its start failed: its slot is its tenant's no longer."""

@@ -18,6 +18,7 @@ class RunnerState:
     last_seen: float
     reserved: int = 0
     stopping: bool = False
+    continuable: frozenset[str] = frozenset()
 
     @property
     def room(self) -> int:
@@ -55,11 +56,21 @@ class RunnerRegistry:
             last_seen=time.monotonic(),
             reserved=known.reserved if known else 0,
             stopping=beat.stopping,
+            continuable=frozenset(beat.continuable),
         )
 
-    def choose(self, model: str, preferred: str | None = None) -> RunnerState | None:
-        """The least-loaded live runner with room for ``model``; ``preferred`` wins if it has room."""
-        candidates = [r for r in self.runners.values() if model in r.models and r.room > 0]
+    def choose(
+        self, model: str, preferred: str | None = None, continuing: bool = False
+    ) -> RunnerState | None:
+        """The least-loaded live runner with room for ``model``; ``preferred`` wins if it has room.
+
+        ``continuing``: only runners that can take an answer of ``model`` over mid-way.
+        """
+        candidates = [
+            r
+            for r in self.runners.values()
+            if model in (r.continuable if continuing else r.models) and r.room > 0
+        ]
         if not candidates:
             return None
         for runner in candidates:
@@ -74,6 +85,13 @@ class RunnerRegistry:
         for runner in dead:
             del self.runners[runner.runner_id]
         return dead
+
+    def can_continue(self, model: str, besides: str) -> bool | None:
+        """Whether a live runner other than ``besides`` can continue ``model``; None if none lives."""
+        others = [r for r in self.runners.values() if r.runner_id != besides and not r.stopping]
+        if not others:
+            return None
+        return any(model in r.continuable for r in others)
 
     def room(self) -> int:
         """Free slots over every live runner."""

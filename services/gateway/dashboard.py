@@ -103,7 +103,7 @@ PAGE = """<!doctype html>
 "use strict";
 const LATENCY = [["ttft_ms", "time to first token (model)"], ["first_frame_ms", "first frame (streamer)"],
   ["delivery_ms", "token delivery lag"], ["queue_wait_ms", "queue wait"],
-  ["cancel_to_stop_ms", "cancel to stop"]];
+  ["cancel_to_stop_ms", "cancel to stop"], ["continuation_stall_ms", "stall when an answer moved"]];
 const num = (v, digits) => v === null || v === undefined ? "-" :
   Number(v).toLocaleString("en-US", {maximumFractionDigits: digits ?? 0});
 function setText(id, text) { document.getElementById(id).textContent = text; }
@@ -135,7 +135,9 @@ function render(d) {
   rows("finished", breakdown(d.totals, "sluice_streams_finished"));
   rows("errors", [...breakdown(d.totals, "sluice_http_errors"),
     ...breakdown(d.totals, "sluice_coordinator_rejections").map(([k, v]) => ["rejected: " + k, v]),
-    ...breakdown(d.totals, "sluice_runner_lost").map(([, v]) => ["runner lost", v])]);
+    ...breakdown(d.totals, "sluice_runner_lost").map(([, v]) => ["runner lost", v]),
+    ...breakdown(d.totals, "sluice_continuations").map(([k, v]) => ["moved: " + k, v]),
+    ...breakdown(d.totals, "sluice_tokens_recomputed").map(([, v]) => ["tokens recomputed", v])]);
   rows("delivery", [...breakdown(d.totals, "sluice_streamer_disconnects").map(([k, v]) => ["disconnect: " + k, v]),
     ...breakdown(d.totals, "sluice_streamer_resumes").map(([, v]) => ["resumes", v]),
     ...breakdown(d.totals, "sluice_tokens_wasted").map(([k, v]) => ["wasted: " + k, v])]);

@@ -5,14 +5,20 @@ stream's buffer at the runner's :class:`~services.runner.logwriter.LogWriter`, w
 numbers, logs and publishes it (first token at once, then per the flush settings).
 While the log cannot be written (Redis restarting) tokens wait in that bounded
 buffer, and the backend stops pulling from the model once it is full.
+
+A generation is one attempt (``epoch``) at its stream. A continuation takes over at
+the seq after the last logged token; an attempt that the stream moved away from is
+fenced: it stops, and neither its tokens nor its end reach the log or a reader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -23,7 +29,7 @@ from libs.common.errors import SluiceError, UpstreamError
 from libs.common.prompts import fetch_parked
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import MetaFields, StreamStore
+from libs.common.store import Claim, MetaFields, StreamStore
 from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
@@ -33,7 +39,7 @@ from libs.common.wire import (
     Submit,
     lifecycle_codec,
 )
-from services.runner.backends import Backend, Outcome
+from services.runner.backends import Backend, Outcome, Resume
 from services.runner.logwriter import LogWriter, TokenBuffer
 
 log = logging.getLogger(__name__)
@@ -52,9 +58,11 @@ class Generation:
         nc: NATS,
         settings: Settings,
         runner_id: str,
+        epoch: int = 0,
     ) -> None:
         self.submit = submit
         self.id = submit.id
+        self.epoch = epoch
         self._backend = backend
         self._store = store
         self._log = log_writer
@@ -62,7 +70,10 @@ class Generation:
         self._runner_id = runner_id
         self._hold_s = settings.reader_lease_s * LEASE_HOLD
         self._leases: dict[str, float] = {}
-        self._buffer = TokenBuffer(self.id)
+        self._buffer = TokenBuffer(self.id, self.fence)
+        self._buffer.epoch = epoch
+        self._claim = Claim()
+        self.fenced = False
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
         self._tool_calls = ToolCallAccumulator()
@@ -110,6 +121,16 @@ class Generation:
         if self._producer is not None:
             self._producer.cancel()
 
+    def fence(self, epoch: int | None = None) -> None:
+        """The stream moved to attempt ``epoch`` (None: the log said so): stop for good."""
+        if epoch is not None and epoch <= self.epoch:
+            return
+        if not self.fenced:
+            self.fenced = True
+            log.info("stream moved to another runner; stopping", extra={"stream_id": self.id})
+        if self._producer is not None:
+            self._producer.cancel()
+
     def _emitted_since(self, ns: int) -> int:
         late = 0
         for stamp in reversed(self._recent):
@@ -120,33 +141,78 @@ class Generation:
 
     async def run(self) -> None:
         """The whole life of the generation; never raises."""
-        state = await retry_forever(
-            lambda: self._store.mark_running(self.id, self._runner_id), "mark running", self.id
+        regenerates = self._backend.continuation == "regenerate"
+        claim = await retry_forever(
+            lambda: self._store.mark_running(self.id, self._runner_id, self.epoch, regenerates),
+            "mark running",
+            self.id,
         )
-        if state is None:
+        if claim is None:
             return
-        reason, requested_ns = state
-        await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(self._generate())
-        if reason:
-            self.cancel(reason, requested_ns)
+        self._claim = claim
+        self._buffer.numbered = claim.logged
+        resume = await self._resume()
+        await self._publish_lifecycle(
+            StatusChange(
+                status="running",
+                runner_id=self._runner_id,
+                continued_at=claim.logged if resume else None,
+            )
+        )
+        self._producer = asyncio.create_task(self._generate(resume))
+        if claim.cancel_reason:
+            self.cancel(claim.cancel_reason, claim.cancel_requested_ns)
+        if self.fenced:
+            self._producer.cancel()
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
         await self._log.drain(self._buffer)
-        await self._finish(self._terminal(stopped_ns))
+        if not self.fenced:
+            await self._finish(self._terminal(stopped_ns))
 
-    async def _generate(self) -> None:
+    async def _resume(self) -> Resume | None:
+        """Where a continuation takes over; what it needs of the answer so far comes from
+        the log, never memory: the answer text for a prefix, a tool call's fragments."""
+        if not self.epoch:
+            return None
+        logged = self._claim.logged
+        mode = self._backend.continuation
+        if mode == "regenerate":
+            metrics.tokens_recomputed.add(logged)
+        if mode != "prefix" and self.submit.tooling is None:
+            return Resume(logged)
+        batches = await retry_forever(
+            lambda: self._store.logged_batches(self.id), "read log", self.id
+        )
+        text: list[str] = []
+        for batch in batches:
+            for token, channel in zip(
+                batch.texts, batch.channels or itertools.repeat(None), strict=False
+            ):
+                if channel is None:
+                    text.append(token)
+                elif isinstance(channel, ToolCallDelta):
+                    self._tool_calls.add(channel, token)
+        return Resume(logged, "".join(text) if mode == "prefix" else "")
+
+    @property
+    def total(self) -> int:
+        """Tokens of the whole answer so far: those logged before this attempt, and its own."""
+        return self._claim.logged + self.count
+
+    async def _generate(self, resume: Resume | None) -> None:
         self.submit = await retry_forever(
             lambda: fetch_parked(self._store.redis, self.submit), "fetch the prompt", self.id
         )
-        await self._backend.generate(self.submit, self.outcome, self)
+        await self._backend.generate(self.submit, self.outcome, self, resume)
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
         now = time.time_ns()
         if self.count == 0:
             self.first_token_ns = now
-            metrics.runner_ttft.record((now - self.started_ns) / 1e9)
+            if not self.epoch:
+                metrics.runner_ttft.record((now - self.started_ns) / 1e9)
         elif metrics.sampled(self.count - 1):
             metrics.runner_inter_token.record((now - self._last_token_ns) / 1e9)
         self._last_token_ns = now
@@ -171,40 +237,53 @@ class Generation:
 
     def _terminal(self, stopped_ns: int) -> Done | Failed:
         assert self._producer is not None
-        ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
-        duration_ms = (stopped_ns - self.started_ns) / 1e6
+        ttft_ms = None  # a continuation's first token is not the answer's
+        if self.first_token_ns and not self.epoch:
+            ttft_ms = (self.first_token_ns - self.started_ns) / 1e6
+        duration_ms = (stopped_ns - (self._claim.started_ns or self.started_ns)) / 1e6
+        moved = self._moved()
         if self.cancel_reason is not None:  # a call cut short is no call: no tool_calls
             return Done(
                 finish_reason=self.cancel_reason,
-                tokens=self.count,
+                tokens=self.total,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 tokens_after_cancel=self.count - self._count_at_cancel,
                 cancel_to_stop_ms=max(0.0, (stopped_ns - self._cancel_requested_ns) / 1e6),
+                **moved,
             )
         error = self._producer.exception()
         if error is None:
             return Done(
                 finish_reason=self.outcome.finish_reason,
-                tokens=self.count,
+                tokens=self.total,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
                 reasoning_tokens=self.outcome.reasoning_tokens,
                 tool_calls=self._tool_calls.calls() or None,
+                **moved,
             )
         if not isinstance(error, SluiceError):
             correlation_id = log_with_correlation_id("backend failed", error)
             error = UpstreamError(f"the model backend failed (correlation id {correlation_id})")
         error = with_detail_logged(error)
         return Failed(
-            type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
+            type=error.type, message=error.message, retryable=error.retryable, tokens=self.total
         )
+
+    def _moved(self) -> dict[str, Any]:
+        """For a stream that moved: tokens logged by each attempt, and how many were recomputed."""
+        if not self.epoch:
+            return {}
+        marks = [0, *self._claim.handoffs, self.total]
+        attempts = [later - earlier for earlier, later in itertools.pairwise(marks)]
+        return {"attempts": attempts, "recomputed": self._claim.recomputed}
 
     async def _finish(self, terminal: Done | Failed) -> None:
         fields = MetaFields(
-            tokens=self.count,
+            tokens=self.total,
             ttft_ms=getattr(terminal, "ttft_ms", None),
             duration_ms=getattr(terminal, "duration_ms", None),
             tokens_unread=self.unread,
@@ -212,7 +291,7 @@ class Generation:
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
-        if await end_stream(self._nc, self._store, self.id, terminal, **fields):
+        if await end_stream(self._nc, self._store, self.id, terminal, self.epoch, **fields):
             self._record(terminal)
 
     def _record(self, terminal: Done | Failed) -> None:

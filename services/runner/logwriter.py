@@ -8,7 +8,9 @@ saturated: :mod:`services.runner.window`) with up to
 across all streams in one Redis call, then publishes each batch. Up to
 ``IN_FLIGHT`` commits run at once, so a token never waits for an earlier round trip;
 a stream has at most one batch in flight, so its entries are logged and published in
-order, and log-before-publish holds per batch. Commits start at most once per
+order, and log-before-publish holds per batch. Each batch carries its attempt's epoch:
+a stream that moved to another runner refuses it in the same script, and its buffer
+is fenced (the batch is not published, the rest dropped, the generation told). Commits start at most once per
 ``COMMIT_GAP_S`` (2 ms): a commit's fixed cost (~50 µs of CPU in redis-py, and two
 writes that wake Redis and NATS, ~50 µs each on a busy machine) would otherwise be
 paid for every few tokens once round trips are short; under load one commit carries
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from libs.common import metrics, names
 from libs.common.channels import Channel, Channels
@@ -41,10 +44,13 @@ class TokenBuffer:
         "channels",
         "closing",
         "drained",
+        "epoch",
+        "fenced",
         "full",
         "in_flight",
         "last_flush",
         "numbered",
+        "on_fenced",
         "scheduled",
         "space",
         "stamps",
@@ -53,8 +59,11 @@ class TokenBuffer:
         "texts",
     )
 
-    def __init__(self, stream_id: str) -> None:
+    def __init__(self, stream_id: str, on_fenced: Callable[[], None]) -> None:
         self.stream_id = stream_id
+        self.epoch = 0
+        self.fenced = False
+        self.on_fenced = on_fenced
         self.subject = names.stream_subject(stream_id, "tokens")
         self.texts: list[str] = []
         self.stamps: list[int] = []
@@ -96,6 +105,8 @@ class LogWriter:
 
     def push(self, buffer: TokenBuffer, text: str, stamp: int) -> None:
         """Take one token; never waits. ``buffer.space`` clears when the buffer is full."""
+        if buffer.fenced:
+            return
         texts = buffer.texts
         texts.append(text)
         buffer.stamps.append(stamp)
@@ -119,7 +130,7 @@ class LogWriter:
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""
         buffer.closing = True
-        if buffer.texts or buffer.in_flight:
+        if not buffer.fenced and (buffer.texts or buffer.in_flight):
             buffer.drained = asyncio.get_running_loop().create_future()
             self._consider(buffer)
             await buffer.drained
@@ -187,8 +198,12 @@ class LogWriter:
         return entries
 
     async def _commit(self, buffers: list[TokenBuffer], entries: list[Entry]) -> None:
-        logged = [(buffer.stream_id, batch, payload) for buffer, batch, payload in entries]
-        await retry_forever(lambda: self._store.append(logged), "log append", "*")
+        logged = [
+            (buffer.stream_id, batch, payload, buffer.epoch) for buffer, batch, payload in entries
+        ]
+        fenced = await retry_forever(lambda: self._store.append(logged), "log append", "*")
+        if fenced:
+            entries = [entry for entry in entries if entry[0].stream_id not in fenced]
         try:
             await self._nc.publish_many(
                 [(buffer.subject, payload) for buffer, _, payload in entries]
@@ -199,6 +214,8 @@ class LogWriter:
         metrics.runner_tokens.add(sum(len(batch.texts) for _, batch, _ in entries))
         for buffer in buffers:
             buffer.in_flight = False
+            if buffer.stream_id in fenced:
+                _fence(buffer)
             if buffer.texts:
                 self._consider(buffer)
             elif buffer.drained is not None and not buffer.drained.done():
@@ -208,3 +225,13 @@ class LogWriter:
         await retry_forever(
             lambda: self._nc.publish(buffer.subject, payload), "publish", buffer.stream_id
         )
+
+
+def _fence(buffer: TokenBuffer) -> None:
+    """The stream moved on: drop what was not logged and tell the generation to stop."""
+    buffer.fenced = True
+    buffer.texts, buffer.stamps = [], []
+    if buffer.full:
+        buffer.space.set()
+        buffer.full = False
+    buffer.on_fenced()

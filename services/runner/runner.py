@@ -4,6 +4,10 @@ Start requests arrive on ``sluice.runner.<rid>.start``; each accepted stream get
 direct subscriptions of its own (control and readers) for as long as it runs, so
 cancel and lease traffic reaches only the runner that holds the stream, and is
 handled inside the NATS read loop without a task switch.
+
+A runner told to stop hands its generations to the coordinators, which continue them
+on other runners; each ends here when the coordinator fences it, so the runner exits
+in moments however long its answers are. What no one can take is drained as before.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from functools import partial
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from libs.common import best_effort, metrics, names, tracing
 from libs.common.direct_nats import DirectNATS
@@ -23,10 +29,14 @@ from libs.common.store import StreamStore
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Cancel,
+    Fence,
+    Handoff,
     Refused,
     RunnerHeartbeat,
     Started,
     control_codec,
+    handoff_codec,
+    handoff_reply_codec,
     heartbeat_codec,
     lease_codec,
     start_codec,
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 0.25
 SLOT_BEAT_DELAY_S = 0.005
+HANDOFF_TIMEOUT_S = 2.0
 
 
 class Runner:
@@ -77,14 +88,34 @@ class Runner:
         await self.heartbeat()
 
     async def stop(self, drain_s: float) -> None:
-        """Take no new work, let running generations finish for ``drain_s``, then fail them."""
+        """Take no new work, hand running generations over, let the rest finish for
+        ``drain_s``, then stop them (the coordinators continue them once this runner is
+        declared lost)."""
         self.stopping = True
         await self.heartbeat()
+        await self._hand_off()
         running = [task for task in self._tasks if not task.done()]
         if running:
             await asyncio.wait(running, timeout=drain_s)
         await cancel_and_wait([*self._loops, *self._tasks])
         await self._log.stop()
+
+    async def _hand_off(self) -> None:
+        """Ask a coordinator to continue every running generation on another runner.
+
+        The generations go on until each is fenced, the moment its continuation is
+        placed, so readers wait only for the new runner's first token.
+        """
+        if not self.generations:
+            return
+        request = handoff_codec.encode(Handoff(runner_id=self.id, streams=list(self.generations)))
+        try:
+            reply = await self._nc.request(names.RUNNER_HANDOFF, request, timeout=HANDOFF_TIMEOUT_S)
+        except (NatsTimeout, NoRespondersError) as exc:
+            log.warning("no coordinator took the handoff (%r); draining", exc)
+            return
+        moved = handoff_reply_codec.decode(reply.data).moved
+        log.info("handed %d of %d generations over", len(moved), len(self.generations))
 
     async def _on_announce(self, msg: Msg) -> None:
         """A coordinator just started: tell it about this runner now, not in a second."""
@@ -98,11 +129,16 @@ class Runner:
             reason = "stopping" if self.stopping else "no slot" if backend else "unknown model"
             await msg.respond(start_reply_codec.encode(Refused(reason=reason)))
             return
-        if submit.id in self.generations:
-            await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
+        held = self.generations.get(submit.id)
+        if held is not None:
+            if held.epoch == request.epoch:
+                await msg.respond(start_reply_codec.encode(Started(runner_id=self.id)))
+                return
+            held.fence(request.epoch)  # its slot frees once it stops: take it then, elsewhere
+            await msg.respond(start_reply_codec.encode(Refused(reason="older attempt stopping")))
             return
         generation = Generation(
-            submit, backend, self._store, self._log, self._nc, self.settings, self.id
+            submit, backend, self._store, self._log, self._nc, self.settings, self.id, request.epoch
         )
         self.generations[submit.id] = generation
         metrics.runner_slots_in_use.add(1)
@@ -154,6 +190,7 @@ class Runner:
             slots_total=self.settings.runner_slots,
             slots_free=0 if self.stopping else self.slots_free,
             models=sorted(self._backends),
+            continuable=sorted(n for n, b in self._backends.items() if b.continuation != "none"),
             running=list(self.generations) if full else [],
             stopping=self.stopping,
             full=full,
@@ -182,6 +219,8 @@ def _on_control(generation: Generation, subject: str, data: bytes) -> None:
     message = control_codec.decode(data)
     if isinstance(message, Cancel):
         generation.cancel(message.reason, message.requested_ns)
+    elif isinstance(message, Fence):
+        generation.fence(message.epoch)
 
 
 def _on_lease(generation: Generation, subject: str, data: bytes) -> None:

@@ -49,6 +49,8 @@ class NativeFrames:
         payload: dict[str, object] = {"status": change.status}
         if change.position is not None:
             payload["position"] = change.position
+        if change.continued_at is not None:
+            payload["continued_at"] = change.continued_at
         return self.event("status", payload)
 
     def tokens(self, last_seq: int, texts: list[str], ts: int, channels: Channels | None) -> bytes:

@@ -59,16 +59,24 @@ class Channel:
         self.subscription: Subscription | None = None
         self.ready = asyncio.Event()
         self.slice = 0
+        self._last_token = 0.0
+        self._moved_after = 0.0  # when the last token before a continuation arrived
 
     def on_message(self, subject: str, data: bytes) -> None:
         if subject.endswith(".tokens"):
             message = tokens_codec.decode(data)
+            self._last_token = time.monotonic()
+            if self._moved_after:
+                metrics.continuation_stall.record(self._last_token - self._moved_after)
+                self._moved_after = 0.0
             for reader in self.readers:
                 reader.offer(message)
             return
         kind = subject.rsplit(".", 1)[1]
         if kind == "lifecycle":
             change = lifecycle_codec.decode(data)
+            if change.continued_at is not None and self._last_token:
+                self._moved_after = self._last_token
             for reader in self.readers:
                 reader.status(change)
             if change.status == "running":

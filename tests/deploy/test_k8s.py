@@ -22,6 +22,7 @@ from deploy_support import (
 )
 
 from libs.common.settings import load_settings, variable_names
+from services.runner.runner import HANDOFF_TIMEOUT_S
 
 kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
 
@@ -148,6 +149,19 @@ def test_streamer_grace_period_outlasts_prestop_and_drain(rendered: Objects, ove
     drain = env_value(streamer, "SLUICE_DRAIN_TIMEOUT_S")
     drain_s = float(drain) if drain else load_settings({}).drain_timeout_s
     assert pod["terminationGracePeriodSeconds"] > float(command[1]) + drain_s
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runner_hands_over_at_once_and_its_grace_period_outlasts_handoff_and_drain(
+    rendered: Objects, overlay: str
+) -> None:
+    runner = of_kind(rendered[overlay], "Deployment")["runner"]
+    pod = runner["spec"]["template"]["spec"]
+    assert "lifecycle" not in container(runner), "no preStop delays the handoff"
+    drain = env_value(runner, "SLUICE_DRAIN_TIMEOUT_S")
+    drain_s = float(drain) if drain else load_settings({}).drain_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > HANDOFF_TIMEOUT_S + drain_s
+    assert runner["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

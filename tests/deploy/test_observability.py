@@ -37,6 +37,9 @@ METRICS = {
     "sluice_runner_lost_total",
     "sluice_http_errors_total",
     "sluice_runner_flush_window_seconds",
+    "sluice_continuations_total",
+    "sluice_tokens_recomputed_total",
+    "sluice_streamer_continuation_stall_seconds",
 }
 GAUGES = {"sluice_runner_flush_window_seconds"}
 HISTOGRAMS = {m for m in METRICS if m.endswith("_seconds")} - GAUGES

@@ -30,15 +30,22 @@ class Transcript:
     """Everything one follower saw of one stream, over all its connections."""
 
     texts: list[str] = field(default_factory=list)
+    stream_id: str = ""
     last_id: int = 0
     end: Event | None = None
     connect_statuses: list[str] = field(default_factory=list)
+    statuses: list[Any] = field(default_factory=list)
     reconnect_reasons: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self.texts)
+
+    @property
+    def continued_at(self) -> list[int]:
+        """Where the answer moved to another runner, from the status frames that said so."""
+        return [s["continued_at"] for s in self.statuses if "continued_at" in s]
 
     @property
     def end_type(self) -> str:
@@ -152,10 +159,12 @@ async def _read(
             if budget is not None:
                 chunk, budget = chunk[:budget], budget - len(chunk)
             for event in parser.feed(chunk):
-                if event.type == "status" and not status_seen:
-                    status_seen = True
+                if event.type == "status":
                     status: Any = event.json()
-                    transcript.connect_statuses.append(status["status"])
+                    transcript.statuses.append(status)
+                    if not status_seen:
+                        status_seen = True
+                        transcript.connect_statuses.append(status["status"])
                 elif event.type == "token":
                     _take(transcript, event)
                 elif event.type == "reconnect":

@@ -110,6 +110,26 @@ def test_bench_capacity_says_when_not_even_the_fewest_streams_are_within(tmp_pat
 
 
 @pytest.mark.slow
+def test_bench_failover_measures_the_stall_at_a_handoff_and_at_a_kill(tmp_path: Path) -> None:
+    figures = bench(
+        tmp_path,
+        "failover",
+        *("--streams", "9", "--tokens", "800", "--tokens-per-s", "100", "--settle-s", "1.5"),
+    )
+    assert figures["streams_exact"] == 9 and figures["faults"] == {}, figures
+    handoff, kill, recomputed = (
+        figures["handoff_stall_ms"],
+        figures["kill_stall_ms"],
+        figures["recomputed_per_continuation"],
+    )
+    assert isinstance(handoff, dict) and isinstance(kill, dict) and isinstance(recomputed, dict)
+    assert handoff["n"] > 0 and kill["n"] > 0 and recomputed["n"] == handoff["n"] + kill["n"]
+    assert kill["p50"] > handoff["p50"], "a kill waits for the runner to be declared lost"
+    exits = figures["sigterm_exit_s"]
+    assert isinstance(exits, list) and exits[0] < 10, "the runner handed over instead of draining"
+
+
+@pytest.mark.slow
 def test_bench_network_measures_each_design_behind_a_profile_and_draws_its_gaps(
     tmp_path: Path,
 ) -> None:

@@ -216,7 +216,7 @@ async def test_maxlen_caps_the_log_and_resume_before_the_kept_tail_answers_expir
     batches = [TokenBatch(first=seq, texts=[f" t{seq}"], ts=0) for seq in range(1, 1001)]
     for start in range(0, len(batches), 50):
         chunk = batches[start : start + 50]
-        await store.append([(stream_id, b, tokens_codec.encode(b)) for b in chunk])
+        await store.append([(stream_id, b, tokens_codec.encode(b), 0) for b in chunk])
     done = Done(finish_reason="stop", tokens=1000)
     await store.finish(stream_id, done, tokens_codec.encode(done), status="completed")
     length = await redis.xlen(names.log_key(stream_id))

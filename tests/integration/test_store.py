@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from libs.common import names
 from libs.common.auth import new_stream_id
-from libs.common.store import Admission, Feedback, StreamMeta, StreamStore
+from libs.common.store import Admission, Claim, Feedback, StreamMeta, StreamStore
 from libs.common.wire import Done, Failed, TokenBatch, tokens_codec
 
 
@@ -35,8 +35,8 @@ async def new_stream(store: StreamStore) -> str:
 async def test_a_retried_append_is_a_harmless_duplicate(store: StreamStore) -> None:
     stream_id = await new_stream(store)
     first, second = batch(1, 3), batch(4, 2)
-    await store.append([(stream_id, *first)])
-    await store.append([(stream_id, *first), (stream_id, *second)])
+    await store.append([(stream_id, *first, 0)])
+    await store.append([(stream_id, *first, 0), (stream_id, *second, 0)])
     entries = await store.read(stream_id, 0)
     assert [e.first for e in entries if isinstance(e, TokenBatch)] == [1, 4]
     assert await store.logged_tokens(stream_id) == 5
@@ -50,12 +50,12 @@ async def test_only_the_first_finaliser_ends_a_stream_and_nothing_follows_it(
     store: StreamStore,
 ) -> None:
     stream_id = await new_stream(store)
-    await store.append([(stream_id, *batch(1, 2))])
+    await store.append([(stream_id, *batch(1, 2), 0)])
     done = Done(finish_reason="stop", tokens=2)
     lost = Failed(type="runner_lost", message="gone", retryable=True)
     assert await store.finish(stream_id, done, tokens_codec.encode(done), status="completed")
     assert not await store.finish(stream_id, lost, tokens_codec.encode(lost), status="failed")
-    await store.append([(stream_id, *batch(3, 1))])
+    await store.append([(stream_id, *batch(3, 1), 0)])
     assert await store.logged_tokens(stream_id) == 2, "Redis refuses tokens after the end"
     entries = await store.read(stream_id, 0)
     assert entries[-1] == done
@@ -66,9 +66,10 @@ async def test_only_the_first_finaliser_ends_a_stream_and_nothing_follows_it(
 
 async def test_a_late_start_on_a_second_runner_does_not_generate_again(store: StreamStore) -> None:
     stream_id = await new_stream(store)
-    assert await store.mark_running(stream_id, "runner-a") == ("", 0)
+    claim = await store.mark_running(stream_id, "runner-a")
+    assert claim is not None and claim.started_ns > 0 and claim.logged == 0
     assert await store.mark_running(stream_id, "runner-b") is None
-    assert await store.mark_running(stream_id, "runner-a") == ("", 0)
+    assert await store.mark_running(stream_id, "runner-a") == claim, "started once"
     meta = await store.meta(stream_id)
     assert meta is not None and meta.runner_id == "runner-a"
 
@@ -80,7 +81,32 @@ async def test_a_start_after_the_end_or_with_a_recorded_cancel(store: StreamStor
     assert await store.mark_running(ended, "runner-a") is None
     cancelled = await new_stream(store)
     await store.update(cancelled, cancel_requested_ns=42, cancel_reason="superseded")
-    assert await store.mark_running(cancelled, "runner-a") == ("superseded", 42)
+    claim = await store.mark_running(cancelled, "runner-a")
+    assert claim is not None and (claim.cancel_reason, claim.cancel_requested_ns) == (
+        "superseded",
+        42,
+    )
+
+
+async def test_a_moved_stream_refuses_every_write_and_the_end_of_the_attempt_before(
+    store: StreamStore,
+) -> None:
+    stream_id = await new_stream(store)
+    first = await store.mark_running(stream_id, "runner-a")
+    assert first is not None and first.logged == 0
+    assert await store.append([(stream_id, *batch(1, 2), 0)]) == set()
+    assert await store.move(stream_id, "runner-a", "runner-b") == 1
+    assert await store.move(stream_id, "runner-a", "runner-c") is None, "moved once only"
+    assert await store.append([(stream_id, *batch(3, 2), 0)]) == {stream_id}
+    done = Done(finish_reason="stop", tokens=4)
+    assert not await store.finish(stream_id, done, tokens_codec.encode(done), 0)
+    assert await store.mark_running(stream_id, "runner-a", 0) is None, "a stale start loses"
+    claim = await store.mark_running(stream_id, "runner-b", 1, regenerates=True)
+    assert claim == Claim(logged=2, handoffs=[2], recomputed=2, started_ns=first.started_ns)
+    assert await store.append([(stream_id, *batch(3, 1), 1)]) == set()
+    batches = await store.logged_batches(stream_id)
+    assert "".join(text for batch in batches for text in batch.texts) == " t1 t2 t3"
+    assert await store.finish(stream_id, done, tokens_codec.encode(done), 1, status="completed")
 
 
 def queued(tenant: str, conversation_id: str = "") -> StreamMeta:

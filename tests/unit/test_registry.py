@@ -39,3 +39,36 @@ def test_slots_filled_beyond_our_starts_are_the_runners_to_report() -> None:
 
     assert registry.room() == 0
     assert registry.runners["r"].slots_free == 1  # ours, whose reply is still to come
+
+
+def runner(runner_id: str, continuable: list[str], stopping: bool = False) -> RunnerHeartbeat:
+    return RunnerHeartbeat(
+        runner_id=runner_id,
+        slots_total=4,
+        slots_free=4,
+        models=["sim", "llm"],
+        continuable=continuable,
+        stopping=stopping,
+    )
+
+
+def test_a_continuation_goes_only_to_a_runner_that_can_continue_its_model() -> None:
+    registry = RunnerRegistry(dead_after_s=3)
+    registry.beat(runner("a", ["sim"]))
+    registry.beat(runner("b", ["sim", "llm"]))
+
+    chosen = registry.choose("llm", preferred="a", continuing=True)
+    assert chosen is not None and chosen.runner_id == "b"
+    first = registry.choose("llm", preferred="a")
+    assert first is not None and first.runner_id == "a", "a fresh start may go anywhere"
+
+
+def test_whether_an_answer_can_move_off_a_runner() -> None:
+    registry = RunnerRegistry(dead_after_s=3)
+    registry.beat(runner("a", ["sim"]))
+    assert registry.can_continue("sim", besides="a") is None, "no other runner lives"
+    registry.beat(runner("b", [], stopping=True))
+    assert registry.can_continue("sim", besides="a") is None, "a stopping runner takes nothing"
+    registry.beat(runner("c", ["sim"]))
+    assert registry.can_continue("sim", besides="a") is True
+    assert registry.can_continue("llm", besides="a") is False

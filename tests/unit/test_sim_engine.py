@@ -8,12 +8,14 @@ import statistics
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import msgspec
 import pytest
 
 from libs.common.api import Message, SimParams
-from libs.common.channels import Channel
+from libs.common.channels import Channel, ToolCallDelta
+from libs.common.tooling import FunctionDef, Tool, ToolParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, Piece, pump
+from services.runner.backends import Outcome, Piece, Resume, pump
 from services.runner.backends.sim import MAX_PER_TICK, TICK_S, SimBackend, sim_tokens
 
 
@@ -118,6 +120,58 @@ def test_sim_tokens_are_a_function_of_prompt_and_seed() -> None:
     assert first != expected("a prompt", 8, 200)
     assert first != expected("another prompt", 7, 200)
     assert all(token.startswith(" ") and len(token) > 1 for token in first)
+
+
+@pytest.mark.parametrize("logged", [0, 1, 37, 60])
+async def test_a_continuation_pushes_exactly_what_follows_the_logged_tokens(
+    backend: SimBackend, logged: int
+) -> None:
+    """Regenerated and skipped, with no time to first token: the rest of the same answer."""
+    submit = make_submit(tokens=60, tokens_per_s=10_000, ttft_ms=60_000, seed=5)
+    sink, outcome = RecordingSink(), Outcome()
+    async with asyncio.timeout(5):
+        await backend.generate(submit, outcome, sink, Resume(logged))
+    assert sink.texts == expected(submit.prompt, 5, 60)[logged:]
+    assert outcome.completion_tokens == 60 and outcome.finish_reason == "stop"
+
+
+class ChannelSink(RecordingSink):
+    """Records each token with its channel (None: answer text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list[Channel | None] = []
+
+    def push(self, text: str) -> None:
+        self.channels.append(None)
+        super().push(text)
+
+    def push_channel(self, text: str, channel: Channel) -> None:
+        super().push(text)
+        self.channels.append(channel)
+
+
+@pytest.mark.parametrize("logged", [0, 5, 9, 14])
+async def test_a_continuation_of_reasoning_and_a_tool_call_keeps_each_token_on_its_channel(
+    backend: SimBackend, logged: int
+) -> None:
+    """Skipping the logged tokens moves the channel positions too: the rest of the
+    reasoning stays reasoning and the rest of the call's arguments stay the call's."""
+    weather = FunctionDef(name="weather", parameters={"type": "object", "properties": {}})
+    submit = msgspec.structs.replace(
+        make_submit(tokens=60, tokens_per_s=10_000, seed=5),
+        sim=SimParams(tokens_per_s=10_000, tokens=60, seed=5, reasoning_tokens=10),
+        tooling=ToolParams(tools=[Tool(function=weather)]),
+    )
+    whole, whole_outcome = ChannelSink(), Outcome()
+    rest, rest_outcome = ChannelSink(), Outcome()
+    async with asyncio.timeout(5):
+        await backend.generate(submit, whole_outcome, whole)
+        await backend.generate(submit, rest_outcome, rest, Resume(logged))
+    assert whole.channels[0] == "reasoning" and isinstance(whole.channels[-1], ToolCallDelta)
+    assert rest.texts == whole.texts[logged:]
+    assert rest.channels == whole.channels[logged:]
+    assert rest_outcome == whole_outcome
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from libs.common.channels import Channel
 from libs.common.wire import Submit
@@ -25,6 +25,20 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     reasoning_tokens: int | None = None
+
+
+Continuation = Literal["regenerate", "prefix", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a continuation takes over: ``logged`` tokens are in the log already.
+
+    ``text`` is their text, read from the log, for backends that continue a prefix.
+    """
+
+    logged: int
+    text: str = ""
 
 
 class TokenSink(Protocol):
@@ -48,8 +62,20 @@ class TokenSink(Protocol):
 
 
 class Backend(Protocol):
-    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
-        """Push the answer's tokens into ``sink`` in order; set ``outcome`` before returning."""
+    """``continuation`` is how the backend takes over an answer another runner began:
+    ``regenerate`` (deterministic: generate it again and skip what is logged),
+    ``prefix`` (hand the model the logged text to go on from) or ``none``."""
+
+    @property
+    def continuation(self) -> Continuation: ...
+
+    async def generate(
+        self, submit: Submit, outcome: Outcome, sink: TokenSink, resume: Resume | None = None
+    ) -> None:
+        """Push the answer's tokens into ``sink`` in order; set ``outcome`` before returning.
+
+        With ``resume`` only the tokens after ``resume.logged`` are pushed.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -6,6 +6,10 @@ reached the client yet; after the first token any failure ends the stream, becau
 a retry would repeat tokens. Every failure becomes an :class:`UpstreamError` that
 names what happened. Cancelling the task that awaits :meth:`OpenAIBackend.generate`
 closes the upstream connection at once: that is how the model server learns to stop.
+
+With ``"continuation": "prefix"`` an answer begun on another runner is continued by
+sending the conversation plus the logged partial answer as a final assistant message,
+with ``continue_final_message`` (vLLM, SGLang): the model goes on from the prefix.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import aiohttp
 import msgspec
 
+from libs.common.api import Message
 from libs.common.channels import REASONING, ToolCallDelta
 from libs.common.errors import UpstreamError
 from libs.common.openai_wire import (
     ChatRequest,
+    ContinuationRequest,
     Delta,
     ErrorResponse,
     StreamOptions,
@@ -31,7 +37,7 @@ from libs.common.retry import Backoff
 from libs.common.settings import ModelSpec
 from libs.common.sse import SSEParser
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, Piece, TokenSink, pump
+from services.runner.backends import Continuation, Outcome, Piece, Resume, TokenSink, pump
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +75,46 @@ class OpenAIBackend:
         )
         self._session: aiohttp.ClientSession | None = None
 
-    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
-        await pump(self._stream(submit, outcome), sink)
+    @property
+    def continuation(self) -> Continuation:
+        return "prefix" if self._spec.continuation == "prefix" else "none"
 
-    async def _stream(self, submit: Submit, outcome: Outcome) -> AsyncGenerator[Piece]:
-        request = ChatRequest(
-            model=self._spec.upstream_model or submit.model,
-            messages=submit.chat_messages(),
-            max_tokens=submit.max_tokens,
+    async def generate(
+        self, submit: Submit, outcome: Outcome, sink: TokenSink, resume: Resume | None = None
+    ) -> None:
+        await pump(self._stream(submit, outcome, resume), sink)
+
+    def _request(self, submit: Submit, resume: Resume | None) -> ChatRequest:
+        """The upstream request; a continuation ends with the logged answer so far, to go on from."""
+        fields = msgspec.structs.asdict(submit.sampling) if submit.sampling else {}
+        if submit.tooling:
+            fields |= msgspec.structs.asdict(submit.tooling)
+        model = self._spec.upstream_model or submit.model
+        options = StreamOptions(include_usage=True)
+        if resume is None:
+            return ChatRequest(
+                model=model,
+                messages=submit.chat_messages(),
+                max_tokens=submit.max_tokens,
+                stream=True,
+                stream_options=options,
+                **fields,
+            )
+        return ContinuationRequest(
+            model=model,
+            messages=[*submit.chat_messages(), Message(role="assistant", content=resume.text)],
+            max_tokens=max(1, submit.max_tokens - resume.logged),
             stream=True,
-            stream_options=StreamOptions(include_usage=True),
-            **(msgspec.structs.asdict(submit.sampling) if submit.sampling else {}),
-            **(msgspec.structs.asdict(submit.tooling) if submit.tooling else {}),
+            stream_options=options,
+            continue_final_message=True,
+            add_generation_prompt=False,
+            **fields,
         )
-        response = await self._open(_encode(request), submit.id)
+
+    async def _stream(
+        self, submit: Submit, outcome: Outcome, resume: Resume | None
+    ) -> AsyncGenerator[Piece]:
+        response = await self._open(_encode(self._request(submit, resume)), submit.id)
         try:
             async for piece in self._tokens(response, outcome):
                 yield piece

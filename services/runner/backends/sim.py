@@ -27,7 +27,7 @@ from itertools import chain, islice
 
 from libs.common.api import SimParams
 from libs.common.wire import Submit
-from services.runner.backends import Outcome, TokenSink
+from services.runner.backends import Continuation, Outcome, Resume, TokenSink
 from services.runner.backends.sim_channels import ChanneledSink, shaped_body
 from services.runner.backends.sim_code import code_block, code_language
 
@@ -222,13 +222,14 @@ def _opening(words: list[str]) -> list[str]:
 class Answer:
     """What the sim will say: its tokens, where each goes, how many, and why it ends."""
 
-    __slots__ = ("count", "finish_reason", "push", "reasoning", "tokens")
+    __slots__ = ("channeled", "count", "finish_reason", "push", "reasoning", "tokens")
 
     def __init__(self, submit: Submit, params: SimParams, sink: TokenSink) -> None:
         prompt, seed = submit.prompt_text, params.seed
         shaped = shaped_body(submit.tooling, prompt, seed) if submit.tooling else None
         self.tokens: Iterator[str] = sim_tokens(prompt, seed)
         self.push: Callable[[str], None] = sink.push
+        self.channeled: ChanneledSink | None = None
         body, reason, calls = params.tokens, "stop", []
         if shaped is not None:
             self.tokens = iter(shaped.fragments)
@@ -237,10 +238,21 @@ class Answer:
         if self.reasoning or calls:
             thinking = islice(sim_reasoning(prompt, seed), self.reasoning)
             self.tokens = chain(thinking, self.tokens)
-            self.push = ChanneledSink(sink, self.reasoning, calls).push
+            self.channeled = ChanneledSink(sink, self.reasoning, calls)
+            self.push = self.channeled.push
         total = params.reasoning_tokens + body
         self.count = min(total, submit.max_tokens)
         self.finish_reason = "length" if total > submit.max_tokens else reason
+
+    def skip(self, logged: int) -> int:
+        """Generate the first ``logged`` tokens again and drop them (they are in the log
+        already), keeping each later token on its channel; how many were dropped."""
+        skip = min(logged, self.count)
+        if skip:
+            next(islice(self.tokens, skip - 1, None))
+            if self.channeled is not None:
+                self.channeled.skip(skip)
+        return skip
 
 
 class _Sequence:
@@ -264,6 +276,8 @@ class _Sequence:
 
 
 class SimBackend:
+    continuation: Continuation = "regenerate"
+
     def __init__(self) -> None:
         self._slots: dict[int, list[_Sequence]] = {}  # tick number -> sequences due by then
         self._ticks: list[int] = []  # the slots' tick numbers, a heap
@@ -271,21 +285,26 @@ class SimBackend:
         self._wake_tick = 0
         self._parked: set[asyncio.Task[None]] = set()
 
-    async def generate(self, submit: Submit, outcome: Outcome, sink: TokenSink) -> None:
+    async def generate(
+        self, submit: Submit, outcome: Outcome, sink: TokenSink, resume: Resume | None = None
+    ) -> None:
+        """With ``resume``, the same text is generated again and the logged part skipped;
+        a continuation pays no time to first token (the model is already warm)."""
         params = submit.sim or SimParams()
         answer = Answer(submit, params, sink)
         outcome.finish_reason = answer.finish_reason
+        skip = answer.skip(resume.logged) if resume else 0
         done = asyncio.get_running_loop().create_future()
         sequence = _Sequence(
             sink,
             answer.push,
             answer.tokens,
-            start=time.monotonic() + params.ttft_ms / 1000,
+            start=time.monotonic() + (0 if resume else params.ttft_ms / 1000),
             interval=1.0 / params.tokens_per_s,
-            count=answer.count,
+            count=answer.count - skip,
             done=done,
         )
-        if answer.count:
+        if sequence.count:
             self._schedule(sequence)
             await done  # a cancel cancels ``done`` too, so the loop drops the sequence
         outcome.prompt_tokens = len(submit.prompt_text.split())

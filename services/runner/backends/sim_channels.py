@@ -136,6 +136,10 @@ class ChanneledSink:
         self._sink, self._reasoning, self._calls = sink, reasoning, calls
         self._index = 0
 
+    def skip(self, count: int) -> None:
+        """Pass over ``count`` tokens a continuation found logged."""
+        self._index += count
+
     def push(self, text: str) -> None:
         index = self._index - self._reasoning
         self._index += 1
