@@ -56,9 +56,8 @@ from libs.common.wire import (
     submit_json_encode,
     submit_reply_codec,
 )
-from services.coordinator.fairness import TenantShares
-from services.coordinator.registry import RunnerRegistry
 from services.coordinator.failover import Move, begin_move, held_by, request_of
+from services.coordinator.fairness import TenantShares
 from services.coordinator.registry import RunnerRegistry, RunnerState
 
 log = logging.getLogger(__name__)

@@ -131,7 +131,7 @@ async def test_a_continuation_pushes_exactly_what_follows_the_logged_tokens(
     sink, outcome = RecordingSink(), Outcome()
     async with asyncio.timeout(5):
         await backend.generate(submit, outcome, sink, Resume(logged))
-    assert sink.texts == expected(submit.prompt, 5, 60)[logged:]
+    assert sink.texts == expected(submit.prompt_text, 5, 60)[logged:]
     assert outcome.completion_tokens == 60 and outcome.finish_reason == "stop"
 
 
