@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
 import redis.exceptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -14,6 +15,8 @@ from libs.common.settings import load_settings
 from libs.common.store import Admission, StreamMeta, StreamStore
 from libs.common.wire import Accepted, Rejected, Submit, SubmitReply, submit_reply_codec
 from services.coordinator.coordinator import Coordinator
+
+SCRIPT_WAIT_S = 5.0
 
 
 class Store:
@@ -85,7 +88,10 @@ async def test_a_burst_cannot_pass_the_queue_bound_while_the_script_runs() -> No
     first = asyncio.create_task(admit(coord, "st_a"))
     await asyncio.sleep(0)
     assert not coord.waiting["st_a"].ready, "reserved, never placed before its meta exists"
-    second = await admit(coord, "st_b")
+    try:
+        second = await asyncio.wait_for(admit(coord, "st_b"), SCRIPT_WAIT_S)
+    except TimeoutError:
+        pytest.fail("a submit past the queue bound was let through to the store's script")
     assert isinstance(second, Rejected) and second.type == "overloaded"
     store.release.set()
     assert await first == Accepted(status="queued", position=1)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from libs.common.auth import (
@@ -28,6 +30,29 @@ def test_read_token_binds_stream_and_tenant() -> None:
     for stream_id, secret in (("st_b", SECRET), ("st_a", b"other")):
         with pytest.raises(Forbidden):
             verify_read_token(secret, stream_id, token)
+
+
+def test_a_read_token_holds_until_its_expiry_second_and_not_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_000_000.0)
+    token = mint_read_token(SECRET, "st_a", "acme", 60)
+    monkeypatch.setattr(time, "time", lambda: 1_000_060.0)
+    assert verify_read_token(SECRET, "st_a", token) == "acme", "valid through its last second"
+    monkeypatch.setattr(time, "time", lambda: 1_000_060.5)
+    with pytest.raises(Forbidden):
+        verify_read_token(SECRET, "st_a", token)
+
+
+def test_an_expired_read_token_is_rejected() -> None:
+    with pytest.raises(Forbidden):
+        verify_read_token(SECRET, "st_a", mint_read_token(SECRET, "st_a", "acme", -1))
+
+
+def test_an_extended_expiry_is_rejected() -> None:
+    _, tenant, signature = mint_read_token(SECRET, "st_a", "acme", -1).split(".")
+    with pytest.raises(Forbidden):
+        verify_read_token(SECRET, "st_a", f"9999999999.{tenant}.{signature}")
 
 
 def test_tampered_tenant_is_rejected() -> None:
