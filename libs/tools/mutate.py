@@ -13,6 +13,7 @@ Not part of ``make test``: a full run takes many minutes.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -41,11 +42,16 @@ EXCLUDED_OPERATORS = [
 
 @dataclass(frozen=True)
 class Target:
-    """A module, the tests that cover it, and how long one test run may take."""
+    """A module, the tests that cover it, and how long one test run may take.
+
+    ``functions`` narrows the mutants to the functions that hold the guarantee (all
+    of the module if empty), so a bounded run spends its time where a survivor matters.
+    """
 
     module: str
     tests: tuple[str, ...]
-    timeout_s: float = 60.0
+    functions: tuple[str, ...] = ()
+    timeout_s: float = 30.0
 
 
 TARGETS = {
@@ -53,12 +59,27 @@ TARGETS = {
     "reader": Target(
         "services/streamer/reader.py",
         ("tests/unit/test_reader_numbering.py", "tests/unit/test_live_writes.py"),
+        functions=(
+            "_queued_upto",
+            "offer",
+            "_write_now",
+            "_offer_batch",
+            "_step",
+            "_catch_up",
+            "_write_tokens",
+            "_token_frame",
+        ),
     ),
     "logwriter": Target(
         "services/runner/logwriter.py",
-        ("tests/unit/test_logwriter.py", "tests/unit/test_flush_window.py"),
+        ("tests/unit/test_logwriter.py",),
+        functions=("push", "drain", "_consider", "_take", "_commit"),
     ),
-    "admission": Target("services/coordinator/coordinator.py", ("tests/unit/test_admit.py",)),
+    "admission": Target(
+        "services/coordinator/coordinator.py",
+        ("tests/unit/test_admit.py",),
+        functions=("_admit", "_refuse", "_overloaded", "_backlog"),
+    ),
     "sse": Target("libs/common/sse.py", ("tests/unit/test_sse.py",)),
     "nats_parser": Target("libs/common/direct_nats.py", ("tests/unit/test_direct_parser.py",)),
     "hub": Target(
@@ -67,6 +88,7 @@ TARGETS = {
             "tests/integration/test_resume.py::test_resume_mid_generation_continues_at_the_next_token",
             "tests/integration/test_walking_skeleton.py",
         ),
+        functions=("on_message",),
         timeout_s=120.0,
     ),
     "generation": Target(
@@ -75,6 +97,7 @@ TARGETS = {
             "tests/integration/test_cancel.py::test_http_cancel_mid_stream_stops_the_model_at_once",
             "tests/integration/test_walking_skeleton.py",
         ),
+        functions=("cancel", "_emitted_since", "run", "push", "_terminal"),
         timeout_s=120.0,
     ),
 }
@@ -125,19 +148,39 @@ def scratch_copy(into: Path) -> Path:
     return into
 
 
+def line_ranges(target: Target) -> list[str]:
+    """``first-last`` lines of each of the target's functions, methods included."""
+    tree = ast.parse((ROOT / target.module).read_text())
+    wanted = set(target.functions)
+    found = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in wanted
+    ]
+    missing = wanted - {node.name for node in found}
+    if missing:
+        raise SystemExit(f"{target.module} has no function {sorted(missing)}: update TARGETS")
+    return [f"{node.lineno}-{node.end_lineno}" for node in found]
+
+
 def config(target: Target) -> str:
     tests = " ".join(target.tests)
-    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 120 {tests}"
+    per_test = int(target.timeout_s)
+    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout {per_test} {tests}"
     excluded = ", ".join(json.dumps(pattern) for pattern in EXCLUDED_OPERATORS)
-    return (
+    text = (
         "[cosmic-ray]\n"
         f'module-path = "{target.module}"\n'
-        f"timeout = {target.timeout_s}\n"
+        f"timeout = {target.timeout_s * 2}\n"
         "excluded-modules = []\n"
         f"test-command = {json.dumps(command)}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
         f"[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n"
     )
+    if target.functions:
+        ranges = ", ".join(json.dumps(span) for span in line_ranges(target))
+        text += f'[cosmic-ray.filters.line-filter.lines]\n"{target.module}" = [{ranges}]\n'
+    return text
 
 
 def run_budgeted(command: Sequence[str], cwd: Path, budget_s: float) -> None:
@@ -162,6 +205,9 @@ def mutate(name: str, target: Target, budget_s: float, keep: Path | None) -> Out
         subprocess.run([cosmic, "init", "mutate.toml", "session.sqlite"], cwd=tree, check=True)
         filters = [str(BIN / "cr-filter-operators"), "session.sqlite", "mutate.toml"]
         subprocess.run(filters, cwd=tree, check=True)
+        if target.functions:
+            lines = [str(BIN / "cr-filter-lines"), "session.sqlite", "--config", "mutate.toml"]
+            subprocess.run(lines, cwd=tree, check=True)
         run_budgeted([cosmic, "exec", "mutate.toml", "session.sqlite"], tree, budget_s)
         dump = subprocess.run(
             [cosmic, "dump", "session.sqlite"], cwd=tree, check=True, capture_output=True

@@ -22,6 +22,8 @@ def test_stream_ids_are_unique_128_bit_and_subject_safe() -> None:
     assert len(ids) == 1000
     assert all(is_stream_id(i) and "." not in i and len(i) == 35 for i in ids)
     assert not is_stream_id("st_../../x")
+    for wrong in ("st_" + "a" * 31, "st_" + "a" * 33, "xx_" + "a" * 32, "a" * 35, "st_" + "g" * 32):
+        assert not is_stream_id(wrong), wrong
 
 
 def test_read_token_binds_stream_and_tenant() -> None:
