@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from libs.tools.client import SluiceClient
 from libs.tools.servers import (
@@ -97,6 +98,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as client_session:
         yield client_session
+
+
+@pytest.fixture
+async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis."""
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

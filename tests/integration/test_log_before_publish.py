@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 
 import nats
-import pytest
 import redis.asyncio as aioredis
 
 from libs.common import names
@@ -25,15 +23,6 @@ from tests.integration.helpers import sim
 TIMEOUT_S = 30.0
 TOKENS = 300
 PAUSE_MS = 1000
-
-
-@pytest.fixture
-async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(servers[1])
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_every_published_batch_is_logged_even_while_redis_writes_stall(

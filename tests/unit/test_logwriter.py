@@ -83,6 +83,15 @@ def assert_contiguous(batches: list[tuple[int, int]], count: int) -> None:
     assert all(last - first < FLUSH_TOKENS for first, last in batches), batches
 
 
+async def first_append_waiting(world: World, writer: LogWriter) -> TokenBuffer:
+    """A stream whose first token's log append is under way and held."""
+    world.open.clear()
+    buffer = TokenBuffer("st_a")
+    writer.push(buffer, " one", 1)
+    await asyncio.wait_for(world.appending.wait(), TIMEOUT_S)
+    return buffer
+
+
 async def test_tokens_are_numbered_without_gaps_and_logged_before_published(
     world: World, writer: LogWriter
 ) -> None:
@@ -110,10 +119,7 @@ async def test_tokens_are_numbered_without_gaps_and_logged_before_published(
 async def test_nothing_is_published_while_its_log_append_waits(
     world: World, writer: LogWriter
 ) -> None:
-    world.open.clear()
-    buffer = TokenBuffer("st_a")
-    writer.push(buffer, " one", 1)
-    await asyncio.wait_for(world.appending.wait(), TIMEOUT_S)
+    buffer = await first_append_waiting(world, writer)
     for seq in range(2, 6):
         writer.push(buffer, f" {seq}", seq)
     await asyncio.sleep(0.05)
@@ -126,10 +132,7 @@ async def test_nothing_is_published_while_its_log_append_waits(
 async def test_a_full_buffer_has_space_again_once_its_tokens_are_taken(
     world: World, writer: LogWriter
 ) -> None:
-    world.open.clear()
-    buffer = TokenBuffer("st_a")
-    writer.push(buffer, " first", 1)
-    await asyncio.wait_for(world.appending.wait(), TIMEOUT_S)
+    buffer = await first_append_waiting(world, writer)
     for seq in range(MAX_PENDING_TOKENS):
         assert not buffer.full, f"full after {seq} tokens"
         writer.push(buffer, " t", seq)
