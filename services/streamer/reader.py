@@ -318,12 +318,12 @@ class Reader:
             batch_ts = 0
             for entry in entries:
                 if isinstance(entry, TokenBatch):
-                    if entry.first > self.sent + len(batch_texts) + 1:
+                    next_seq = self.sent + len(batch_texts) + 1
+                    if entry.first > next_seq:
                         return await self._write_terminal(EXPIRED)
-                    skip = self.sent + len(batch_texts) + 1 - entry.first
                     if not batch_texts:
                         batch_ts = entry.ts
-                    batch_texts.extend(entry.texts[max(0, skip) :])
+                    batch_texts.extend(entry.texts[next_seq - entry.first :])
                     continue
                 if batch_texts:
                     await self._write_tokens(batch_texts, batch_ts)

@@ -24,15 +24,19 @@ class Log:
     read_chunk = 512
 
     def __init__(self, tokens: int, done: bool = False) -> None:
-        self.entries: list[TokensMessage] = [
-            TokenBatch(first=first, texts=[f" t{seq}" for seq in range(first, first + 5)], ts=1)
-            for first in range(1, tokens + 1, 5)
-        ]
+        self.entries: list[TokensMessage] = []
+        self.add(1, tokens)
         if done:
             self.entries.append(Done(finish_reason="stop", tokens=tokens))
         self.open = asyncio.Event()
         self.open.set()
         self.reads = 0
+
+    def add(self, first: int, last: int) -> None:
+        """Log tokens ``first`` to ``last``, five to an entry."""
+        for start in range(first, last + 1, 5):
+            texts = [f" t{seq}" for seq in range(start, start + 5)]
+            self.entries.append(TokenBatch(first=start, texts=texts, ts=1))
 
     async def read(self, stream_id: str, after_seq: int) -> list[TokensMessage]:
         await self.open.wait()
@@ -55,10 +59,13 @@ class Client:
         self.data += data
         self.wrote.set()
 
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.type, cast(dict[str, Any], e.json())) for e in SSEParser().feed(self.data)]
+
     def tokens(self) -> list[tuple[int, str]]:
         """(first id, text) of each token frame."""
-        frames = [e.json() for e in SSEParser().feed(self.data) if e.type == "token"]
-        return [(f["seq"] - f["n"] + 1, f["text"]) for f in cast(list[dict[str, Any]], frames)]
+        frames = [event for kind, event in self.events() if kind == "token"]
+        return [(f["seq"] - f["n"] + 1, f["text"]) for f in frames]
 
     def text(self) -> str:
         return "".join(text for _, text in self.tokens())
@@ -120,3 +127,29 @@ async def test_a_live_batch_overlapping_the_catch_up_sends_only_its_new_tokens()
     ids = [first for first, _ in client.tokens()]
     assert ids == sorted(ids) and ids[0] == 4
     assert log.reads == 1, "the overlap is trimmed live, not by reading the log again"
+
+
+async def test_a_live_batch_after_a_gap_sends_the_reader_to_the_log_for_the_missing_tokens() -> (
+    None
+):
+    client, log = Client(), Log(10)
+    follower = reader(log, client, 0)
+    serving = asyncio.create_task(follower.serve(StatusChange(status="running")))
+    await settle(follower, client, 10)
+    log.add(11, 20)  # 11 to 15 were lost on the way (NATS reconnected)
+    follower.offer(TokenBatch(first=16, texts=[f" t{seq}" for seq in range(16, 21)], ts=1))
+    await settle(follower, client, 20)
+    follower.offer(Done(finish_reason="stop", tokens=20))
+
+    assert await asyncio.wait_for(serving, TIMEOUT_S) == "done"
+    assert client.text() == texts(1, 20)
+    assert log.reads == 2
+
+
+async def test_a_gap_in_the_log_answers_expired_and_skips_nothing() -> None:
+    client, log = Client(), Log(15, done=True)
+    del log.entries[1]  # tokens 6 to 10 are gone
+    await asyncio.wait_for(reader(log, client, 0).serve(StatusChange(status="running")), TIMEOUT_S)
+    kind, end = client.events()[-1]
+    assert kind == "error" and end["type"] == "expired"
+    assert all(first <= 5 for first, _ in client.tokens()), "nothing past the gap"
