@@ -61,12 +61,10 @@ TARGETS = {
         ("tests/unit/test_reader_numbering.py", "tests/unit/test_live_writes.py"),
         functions=(
             "_queued_upto",
-            "offer",
             "_write_now",
             "_offer_batch",
             "_step",
             "_catch_up",
-            "_write_tokens",
             "_token_frame",
         ),
     ),
@@ -117,6 +115,7 @@ class Outcome:
     target: Target
     total: int
     mutants: list[Mutant]
+    source: list[str]
 
     @property
     def killed(self) -> int:
@@ -200,6 +199,7 @@ def run_budgeted(command: Sequence[str], cwd: Path, budget_s: float) -> None:
 def mutate(name: str, target: Target, budget_s: float, keep: Path | None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"sluice-mutate-{name}-") as tmp:
         tree = scratch_copy(Path(tmp) / "tree")
+        source = (tree / target.module).read_text().splitlines()
         (tree / "mutate.toml").write_text(config(target))
         cosmic = str(BIN / "cosmic-ray")
         subprocess.run([cosmic, "init", "mutate.toml", "session.sqlite"], cwd=tree, check=True)
@@ -215,10 +215,10 @@ def mutate(name: str, target: Target, budget_s: float, keep: Path | None) -> Out
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy2(tree / "session.sqlite", keep / f"{name}.sqlite")
-    return outcome(name, target, dump)
+    return outcome(name, target, dump, source)
 
 
-def outcome(name: str, target: Target, dump: str) -> Outcome:
+def outcome(name: str, target: Target, dump: str, source: list[str]) -> Outcome:
     """Read ``cosmic-ray dump``: one JSON ``[work item, result or null]`` a line."""
     mutants: list[Mutant] = []
     total = 0
@@ -239,14 +239,13 @@ def outcome(name: str, target: Target, dump: str) -> Outcome:
                 killed=result["test_outcome"] != "survived",
             )
         )
-    return Outcome(name, target, total, mutants)
+    return Outcome(name, target, total, mutants, source)
 
 
 def report(result: Outcome) -> str:
-    source = (ROOT / result.target.module).read_text().splitlines()
     lines = [result.summary()]
     for mutant in sorted((m for m in result.mutants if not m.killed), key=lambda m: m.line):
-        code = source[mutant.line - 1].strip() if mutant.line <= len(source) else ""
+        code = result.source[mutant.line - 1].strip()
         lines.append(f"    survived  line {mutant.line:>4}  {mutant.operator:<48} {code}")
     return "\n".join(lines)
 
