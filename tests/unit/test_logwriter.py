@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import cast
 
 import pytest
@@ -30,9 +31,12 @@ class World:
         self.open = asyncio.Event()
         self.open.set()
         self.appending = asyncio.Event()
+        self.appends_started = 0
+        self.published_any = asyncio.Event()
 
     async def append(self, entries: list[tuple[str, TokenBatch, bytes]]) -> None:
         self.appending.set()
+        self.appends_started += 1
         await self.open.wait()
         for stream_id, batch, payload in entries:
             assert tokens_codec.decode(payload) == batch
@@ -47,6 +51,7 @@ class World:
         batch = tokens_codec.decode(payload)
         assert isinstance(batch, TokenBatch)
         self.events.append(("publish", names.stream_id_of(subject), batch.first, batch.last))
+        self.published_any.set()
 
     def appended(self, stream_id: str) -> list[tuple[int, int]]:
         return [
@@ -64,16 +69,29 @@ async def world() -> World:
     return World()
 
 
-@pytest.fixture
-async def writer(world: World) -> AsyncIterator[LogWriter]:
+@asynccontextmanager
+async def running(world: World, flush_s: float) -> AsyncIterator[LogWriter]:
     log_writer = LogWriter(
-        cast(StreamStore, world), cast(DirectNATS, world), flush_s=0.002, flush_tokens=FLUSH_TOKENS
+        cast(StreamStore, world), cast(DirectNATS, world), flush_s, flush_tokens=FLUSH_TOKENS
     )
     log_writer.start()
     try:
         yield log_writer
     finally:
         await log_writer.stop()
+
+
+@pytest.fixture
+async def writer(world: World) -> AsyncIterator[LogWriter]:
+    async with running(world, flush_s=0.002) as log_writer:
+        yield log_writer
+
+
+@pytest.fixture
+async def slow_writer(world: World) -> AsyncIterator[LogWriter]:
+    """A flush window long enough to see tokens held for it."""
+    async with running(world, flush_s=0.5) as log_writer:
+        yield log_writer
 
 
 def assert_contiguous(batches: list[tuple[int, int]], count: int) -> None:
@@ -123,7 +141,8 @@ async def test_nothing_is_published_while_its_log_append_waits(
     for seq in range(2, 6):
         writer.push(buffer, f" {seq}", seq)
     await asyncio.sleep(0.05)
-    assert world.events == [], "nothing published, nor a second batch started, before the log"
+    assert world.events == [], "nothing published before the log"
+    assert world.appends_started == 1, "one batch of a stream in flight at a time"
     world.open.set()
     await asyncio.wait_for(writer.drain(buffer), TIMEOUT_S)
     assert world.published("st_a") == world.appended("st_a") == [(1, 1), (2, 5)]
@@ -142,3 +161,23 @@ async def test_a_full_buffer_has_space_again_once_its_tokens_are_taken(
     assert not buffer.full
     await asyncio.wait_for(writer.drain(buffer), TIMEOUT_S)
     assert world.appended("st_a")[-1][1] == MAX_PENDING_TOKENS + 1
+
+
+async def first_token_published(world: World, writer: LogWriter) -> TokenBuffer:
+    """A stream whose first token went at once (as first tokens do) and is published."""
+    buffer = TokenBuffer("st_a")
+    writer.push(buffer, " t1", 1)
+    await asyncio.wait_for(world.published_any.wait(), TIMEOUT_S)
+    return buffer
+
+
+async def test_drain_flushes_tokens_waiting_for_their_window(
+    world: World, slow_writer: LogWriter
+) -> None:
+    buffer = await first_token_published(world, slow_writer)
+    for seq in (2, 3):
+        slow_writer.push(buffer, f" t{seq}", seq)
+    await asyncio.sleep(0.05)
+    assert world.appended("st_a") == [(1, 1)], "held for the flush window"
+    await asyncio.wait_for(slow_writer.drain(buffer), TIMEOUT_S)
+    assert world.published("st_a") == world.appended("st_a") == [(1, 1), (2, 3)]
