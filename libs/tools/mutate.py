@@ -224,11 +224,10 @@ def outcome(name: str, target: Target, dump: str, source: list[str]) -> Outcome:
     total = 0
     for line in dump.splitlines():
         item, result = json.loads(line)
-        total += 1
-        if result is None or result.get("worker_outcome") == "skipped":
-            total -= result is not None
+        if result is not None and result["worker_outcome"] == "skipped":
             continue
-        if result.get("worker_outcome") != "normal":
+        total += 1
+        if result is None or result["worker_outcome"] != "normal":
             continue
         spec = item["mutations"][0]
         mutants.append(
