@@ -318,12 +318,12 @@ class Reader:
             batch_ts = 0
             for entry in entries:
                 if isinstance(entry, TokenBatch):
-                    next_seq = self.sent + len(batch_texts) + 1
-                    if entry.first > next_seq:
+                    if entry.first > self.sent + len(batch_texts) + 1:
                         return await self._write_terminal(EXPIRED)
+                    skip = self.sent + len(batch_texts) + 1 - entry.first
                     if not batch_texts:
                         batch_ts = entry.ts
-                    batch_texts.extend(entry.texts[next_seq - entry.first :])
+                    batch_texts.extend(entry.texts[max(0, skip) :])
                     continue
                 if batch_texts:
                     await self._write_tokens(batch_texts, batch_ts)
