@@ -101,12 +101,15 @@ def assert_contiguous(batches: list[tuple[int, int]], count: int) -> None:
     assert all(last - first < FLUSH_TOKENS for first, last in batches), batches
 
 
-async def first_append_waiting(world: World, writer: LogWriter) -> TokenBuffer:
-    """A stream whose first token's log append is under way and held."""
-    world.open.clear()
+async def first_token(world: World, writer: LogWriter, held: bool) -> TokenBuffer:
+    """A stream whose first token went at once (as first tokens do): its log append
+    under way and ``held``, or else published."""
+    if held:
+        world.open.clear()
     buffer = TokenBuffer("st_a")
-    writer.push(buffer, " one", 1)
-    await asyncio.wait_for(world.appending.wait(), TIMEOUT_S)
+    writer.push(buffer, " t1", 1)
+    done = world.appending if held else world.published_any
+    await asyncio.wait_for(done.wait(), TIMEOUT_S)
     return buffer
 
 
@@ -137,7 +140,7 @@ async def test_tokens_are_numbered_without_gaps_and_logged_before_published(
 async def test_nothing_is_published_while_its_log_append_waits(
     world: World, writer: LogWriter
 ) -> None:
-    buffer = await first_append_waiting(world, writer)
+    buffer = await first_token(world, writer, held=True)
     for seq in range(2, 6):
         writer.push(buffer, f" {seq}", seq)
     draining = asyncio.create_task(writer.drain(buffer))
@@ -152,7 +155,7 @@ async def test_nothing_is_published_while_its_log_append_waits(
 async def test_a_full_buffer_has_space_again_once_its_tokens_are_taken(
     world: World, writer: LogWriter
 ) -> None:
-    buffer = await first_append_waiting(world, writer)
+    buffer = await first_token(world, writer, held=True)
     for seq in range(MAX_PENDING_TOKENS):
         assert not buffer.full, f"full after {seq} tokens"
         writer.push(buffer, " t", seq)
@@ -164,18 +167,10 @@ async def test_a_full_buffer_has_space_again_once_its_tokens_are_taken(
     assert world.appended("st_a")[-1][1] == MAX_PENDING_TOKENS + 1
 
 
-async def first_token_published(world: World, writer: LogWriter) -> TokenBuffer:
-    """A stream whose first token went at once (as first tokens do) and is published."""
-    buffer = TokenBuffer("st_a")
-    writer.push(buffer, " t1", 1)
-    await asyncio.wait_for(world.published_any.wait(), TIMEOUT_S)
-    return buffer
-
-
 async def test_drain_flushes_tokens_waiting_for_their_window(
     world: World, slow_writer: LogWriter
 ) -> None:
-    buffer = await first_token_published(world, slow_writer)
+    buffer = await first_token(world, slow_writer, held=False)
     for seq in (2, 3):
         slow_writer.push(buffer, f" t{seq}", seq)
     await asyncio.sleep(0.05)
