@@ -136,8 +136,8 @@ async def test_a_live_batch_after_a_gap_sends_the_reader_to_the_log_for_the_miss
     follower = reader(log, client, 0)
     serving = asyncio.create_task(follower.serve(StatusChange(status="running")))
     await settle(follower, client, 10)
-    log.add(11, 20)  # 11 to 15 were lost on the way (NATS reconnected)
-    follower.offer(TokenBatch(first=16, texts=[f" t{seq}" for seq in range(16, 21)], ts=1))
+    log.add(11, 20)  # 11 was lost on the way (NATS reconnected)
+    follower.offer(TokenBatch(first=12, texts=[f" t{seq}" for seq in range(12, 21)], ts=1))
     await settle(follower, client, 20)
     follower.offer(Done(finish_reason="stop", tokens=20))
 
@@ -153,3 +153,17 @@ async def test_a_gap_in_the_log_answers_expired_and_skips_nothing() -> None:
     kind, end = client.events()[-1]
     assert kind == "error" and end["type"] == "expired"
     assert all(first <= 5 for first, _ in client.tokens()), "nothing past the gap"
+
+
+async def test_an_end_that_overtakes_its_tokens_waits_for_them_from_the_log() -> None:
+    client, log = Client(), Log(10)
+    follower = reader(log, client, 0)
+    serving = asyncio.create_task(follower.serve(StatusChange(status="running")))
+    await settle(follower, client, 10)
+    log.add(11, 20)  # tokens 11 to 20 never came live; the end did
+    follower.offer(Done(finish_reason="stop", tokens=20))
+
+    assert await asyncio.wait_for(serving, TIMEOUT_S) == "done"
+    assert client.text() == texts(1, 20)
+    kind, end = client.events()[-1]
+    assert kind == "done" and end["tokens"] == 20
