@@ -79,7 +79,11 @@ TARGETS = {
         functions=("_admit", "_refuse", "_overloaded", "_backlog"),
     ),
     "sse": Target("libs/common/sse.py", ("tests/unit/test_sse.py",)),
-    "nats_parser": Target("libs/common/direct_nats.py", ("tests/unit/test_direct_parser.py",)),
+    "nats_parser": Target(
+        "libs/common/direct_nats.py",
+        ("tests/unit/test_direct_parser.py",),
+        functions=("parse", "_headed_message", "_control", "_msg_args"),
+    ),
     "hub": Target(
         "services/streamer/hub.py",
         (
