@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
+
 from libs.common.sse import SSEParser
 from libs.common.store import StreamStore
 from libs.common.wire import Done, StatusChange, TokenBatch, TokensMessage
@@ -146,9 +148,13 @@ async def test_a_live_batch_after_a_gap_sends_the_reader_to_the_log_for_the_miss
     assert log.reads == 2
 
 
-async def test_a_gap_in_the_log_answers_expired_and_skips_nothing() -> None:
+@pytest.mark.parametrize("lost", [1, 5])
+async def test_a_gap_in_the_log_answers_expired_and_skips_nothing(lost: int) -> None:
     client, log = Client(), Log(15, done=True)
-    del log.entries[1]  # tokens 6 to 10 are gone
+    gone = log.entries.pop(1)  # tokens 6 to 10, or 6 alone
+    assert isinstance(gone, TokenBatch)
+    if lost < len(gone.texts):
+        log.entries.insert(1, TokenBatch(first=6 + lost, texts=gone.texts[lost:], ts=1))
     await asyncio.wait_for(reader(log, client, 0).serve(StatusChange(status="running")), TIMEOUT_S)
     kind, end = client.events()[-1]
     assert kind == "error" and end["type"] == "expired"
