@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test test-fresh deps check lint format typecheck unit integration bench fuzz clean
+.PHONY: help dev test test-fresh deps check lint format typecheck unit integration bench fuzz mutate clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ bench: $(STAMP) ## Benchmark: starts its own suite unless --gateway is given (se
 
 fuzz: $(STAMP) ## Fuzz every public endpoint of a suite of its own (ARGS="--requests 20000")
 	$(BIN)/sluice fuzz $(ARGS)
+
+MUTATE_BUDGET_S ?= 300
+MUTATE_TARGETS  ?=
+
+mutate: $(STAMP) ## Mutation testing of the guarantee modules, MUTATE_BUDGET_S (300) each; not in make test
+	$(BIN)/python -m libs.tools.mutate --budget-s $(MUTATE_BUDGET_S) $(MUTATE_TARGETS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

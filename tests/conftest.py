@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from libs.client.http import SluiceClient
 from libs.tools.servers import (
@@ -153,6 +154,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as client_session:
         yield client_session
+
+
+@pytest.fixture
+async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis."""
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -6,9 +6,16 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import nats
+import redis.asyncio as aioredis
+from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.client.http import Received, events
+from libs.common import names
+from libs.common.store import StreamStore
+from libs.common.wire import TokenBatch, heartbeat_codec, tokens_codec
+from libs.tools.stack import Stack
 
 TIMEOUT_S = 30.0
 
@@ -79,3 +86,40 @@ async def read_until_tokens(
     task = asyncio.create_task(follow())
     await asyncio.wait_for(enough.wait(), timeout_s)
     return task
+
+
+async def assert_model_stopped(
+    stack: Stack, stream_id: str, tokens: int, hold_s: float = 1.0
+) -> None:
+    """The model stopped, not only the answer: for ``hold_s`` after the stream's end the
+    runner publishes none of its tokens, its log holds ``tokens`` tokens, and no runner's
+    heartbeat lists it as running (its slot is free)."""
+    nc = await nats.connect(stack.nats_url)
+    redis = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        beats = await nc.subscribe(names.RUNNER_HEARTBEAT)
+        late: list[TokenBatch] = []
+
+        async def on_tokens(msg: Msg) -> None:
+            message = tokens_codec.decode(msg.data)
+            if isinstance(message, TokenBatch):
+                late.append(message)
+
+        await nc.subscribe(names.stream_subject(stream_id, "tokens"), cb=on_tokens)
+        await asyncio.sleep(hold_s)
+        assert not late, f"the model went on: {len(late)} batches published after its end"
+        logged = await StreamStore(redis, ttl_s=60, maxlen=0).logged_tokens(stream_id)
+        assert logged == tokens, f"{logged} tokens logged, {tokens} in its end"
+        runners = sum(1 for s in stack.services if s.name == "runner" and s.process)
+        heard: set[str] = set()
+        async with asyncio.timeout(TIMEOUT_S):
+            async for msg in beats.messages:
+                beat = heartbeat_codec.decode(msg.data)
+                if beat.full:
+                    assert stream_id not in beat.running, f"{beat.runner_id} still runs it"
+                    heard.add(beat.runner_id)
+                    if len(heard) == runners:
+                        break
+    finally:
+        await nc.close()
+        await redis.aclose()

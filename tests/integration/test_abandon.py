@@ -11,7 +11,7 @@ import msgspec
 
 from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
-from tests.integration.helpers import final, read_stream, sim, text, tokens
+from tests.integration.helpers import assert_model_stopped, final, read_stream, sim, text, tokens
 
 TIMEOUT_S = 20.0
 FINAL = {"completed", "cancelled", "superseded", "abandoned", "failed"}
@@ -70,6 +70,7 @@ async def test_a_stream_no_one_reads_is_abandoned_within_the_window_plus_one_sec
     assert 0 < info["tokens"] < 2000
     assert info["tokens_unread"] == info["tokens"], "no one read a single token live"
     assert info["tokens_after_cancel"] == 0
+    await assert_model_stopped(stack, ack["stream_id"], info["tokens"])
     received = await read_stream(session, ack["events_url"])
     assert final(received).json()["finish_reason"] == "abandoned"
     assert len(text(received).split()) == info["tokens"]
@@ -92,6 +93,7 @@ async def test_a_reader_who_leaves_for_good_lets_the_stream_be_abandoned(
     assert 1.5 <= after_s < 1.5 + 1.0
     unread_expected = info["tokens"] - sum(t["n"] for t in tokens(read))
     assert abs(info["tokens_unread"] - unread_expected) <= 3, "waste is what came after leaving"
+    await assert_model_stopped(stack, ack["stream_id"], info["tokens"])
 
 
 async def test_a_reader_who_stays_keeps_the_stream_alive_even_with_a_window_under_a_lease(

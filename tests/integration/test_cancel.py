@@ -15,7 +15,15 @@ from libs.client.http import Received, SluiceClient
 from libs.common import names
 from libs.common.wire import Cancel, control_codec
 from libs.tools.stack import Stack
-from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens
+from tests.integration.helpers import (
+    assert_model_stopped,
+    final,
+    read_stream,
+    read_until_tokens,
+    sim,
+    text,
+    tokens,
+)
 
 TIMEOUT_S = 15.0
 SLOW = sim(tokens=1000, tokens_per_s=50, ttft_ms=20)
@@ -34,7 +42,7 @@ async def wasted(session: aiohttp.ClientSession, stack: Stack, kind: str) -> flo
 
 
 async def test_http_cancel_mid_stream_stops_the_model_at_once(
-    client: SluiceClient, session: aiohttp.ClientSession
+    client: SluiceClient, session: aiohttp.ClientSession, stack: Stack
 ) -> None:
     created = await client.create(prompt="cancel me", sim=SLOW)
     received: list[Received] = []
@@ -59,6 +67,7 @@ async def test_http_cancel_mid_stream_stops_the_model_at_once(
     assert info["tokens"] == usage["tokens"]
     assert info["tokens_after_cancel"] == usage["tokens_after_cancel"]
     assert info["cancel_to_stop_ms"] == pytest.approx(usage["cancel_to_stop_ms"])
+    await assert_model_stopped(stack, created["id"], usage["tokens"])
 
 
 async def test_cancel_twice_answers_202_both_times_and_ends_once(

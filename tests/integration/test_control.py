@@ -18,7 +18,15 @@ from libs.common.store import StreamStore
 from libs.common.wire import Done, tokens_codec
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
-from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens
+from tests.integration.helpers import (
+    assert_model_stopped,
+    final,
+    read_stream,
+    read_until_tokens,
+    sim,
+    text,
+    tokens,
+)
 
 TIMEOUT_S = 15.0
 SLOW = sim(tokens=1000, tokens_per_s=50, ttft_ms=20)
@@ -137,7 +145,7 @@ async def test_submit_frame_is_validated_like_the_post_body(control: Control) ->
 
 
 async def test_cancel_over_the_socket_mid_stream_stops_the_model_at_once(
-    control: Control, client: SluiceClient, session: aiohttp.ClientSession
+    control: Control, client: SluiceClient, session: aiohttp.ClientSession, stack: Stack
 ) -> None:
     created = await client.create(prompt="ws cancel", sim=SLOW)
     received: list[Received] = []
@@ -159,6 +167,7 @@ async def test_cancel_over_the_socket_mid_stream_stops_the_model_at_once(
     _, info = await client.get(created["id"])
     assert info["status"] == "cancelled"
     assert info["tokens_after_cancel"] == usage["tokens_after_cancel"]
+    await assert_model_stopped(stack, created["id"], usage["tokens"])
 
 
 async def test_cancel_of_a_stream_submitted_on_the_socket_reports_every_status(

@@ -13,7 +13,6 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -27,7 +26,7 @@ from libs.common.wire import Done, TokenBatch, tokens_codec
 from libs.tools.bench import resume as bench_resume
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV
-from tests.integration.helpers import final, read_stream, sim, text
+from tests.integration.helpers import final, read_stream, sim, text, tokens
 from tests.integration.resumable import Schedule, Transcript, expected_text, follow
 
 ROUNDS = 6
@@ -36,15 +35,6 @@ SCHEDULES_PER_ROUND = 50
 TOKENS = 600
 TOKENS_PER_S = 400.0
 DEFAULT_LOG_TTL_S = 3600
-
-
-@pytest.fixture
-async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(servers[1])
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def random_schedule(rng: random.Random) -> tuple[float, Schedule]:
@@ -209,26 +199,62 @@ async def test_maxlen_caps_the_log_and_resume_before_the_kept_tail_answers_expir
     stack: Stack, session: aiohttp.ClientSession, redis: aioredis.Redis
 ) -> None:
     """A log capped by MAXLEN keeps its tail; a resume from before it is told, not skipped."""
-    store = StreamStore(redis, ttl_s=60, maxlen=100)
-    stream_id = "st_" + os.urandom(16).hex()
-    meta = StreamMeta(status="running", tenant="anonymous", model="sim")
-    await store.admit(stream_id, meta, limit=10**6)
-    batches = [TokenBatch(first=seq, texts=[f" t{seq}"], ts=0) for seq in range(1, 1001)]
-    for start in range(0, len(batches), 50):
-        chunk = batches[start : start + 50]
-        await store.append([(stream_id, b, tokens_codec.encode(b), 0) for b in chunk])
-    done = Done(finish_reason="stop", tokens=1000)
-    await store.finish(stream_id, done, tokens_codec.encode(done), status="completed")
+    stream_id = await logged_stream(StreamStore(redis, ttl_s=60, maxlen=100), 1000, per_entry=1)
     length = await redis.xlen(names.log_key(stream_id))
     assert length < 300, f"MAXLEN 100 (approximate) left {length} entries"
 
-    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, 60)
-    url = f"{stack.streamer}/v1/streams/{stream_id}/events?token={token}"
+    url = events_url(stack, stream_id)
     from_start = await read_stream(session, url)
     assert final(from_start).type == "error" and final(from_start).json()["type"] == "expired"
     tail = await read_stream(session, url, "990")
-    assert text(tail) == "".join(f" t{seq}" for seq in range(991, 1001))
+    assert text(tail) == logged_text(991, 1000)
     assert final(tail).type == "done"
+
+
+@pytest.mark.parametrize("via_query", [False, True], ids=["header", "query"])
+async def test_resume_from_inside_a_multi_token_log_entry_starts_at_the_next_token(
+    stack: Stack, session: aiohttp.ClientSession, redis: aioredis.Redis, via_query: bool
+) -> None:
+    """Group commit logs several tokens per entry; a client's last id may fall inside one."""
+    stream_id = await logged_stream(StreamStore(redis, ttl_s=60, maxlen=10_000), 40, per_entry=8)
+    url = events_url(stack, stream_id)
+    for resumed_at in (13, 16, 17, 39):
+        if via_query:
+            rest = await read_stream(session, f"{url}&last_event_id={resumed_at}")
+        else:
+            rest = await read_stream(session, url, str(resumed_at))
+        first = tokens(rest)[0]
+        assert first["seq"] - first["n"] + 1 == resumed_at + 1, f"resumed at {resumed_at}"
+        assert text(rest) == logged_text(resumed_at + 1, 40), f"resumed at {resumed_at}"
+        assert final(rest).type == "done" and final(rest).event.last_event_id == "40"
+
+
+async def logged_stream(store: StreamStore, count: int, per_entry: int) -> str:
+    """A finished stream written straight to the log: `` t1`` .. `` t<count>``, ``per_entry``
+    tokens to a log entry."""
+    stream_id = "st_" + os.urandom(16).hex()
+    meta = StreamMeta(status="running", tenant="anonymous", model="sim")
+    await store.admit(stream_id, meta, limit=10**6)
+    batches = [
+        TokenBatch(first=first, texts=[f" t{seq}" for seq in range(first, last + 1)], ts=0)
+        for first in range(1, count + 1, per_entry)
+        for last in [min(count, first + per_entry - 1)]
+    ]
+    for start in range(0, len(batches), 50):
+        chunk = batches[start : start + 50]
+        await store.append([(stream_id, b, tokens_codec.encode(b), 0) for b in chunk])
+    done = Done(finish_reason="stop", tokens=count)
+    await store.finish(stream_id, done, tokens_codec.encode(done), status="completed")
+    return stream_id
+
+
+def logged_text(first: int, last: int) -> str:
+    return "".join(f" t{seq}" for seq in range(first, last + 1))
+
+
+def events_url(stack: Stack, stream_id: str) -> str:
+    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, 60)
+    return f"{stack.streamer}/v1/streams/{stream_id}/events?token={token}"
 
 
 async def test_bench_resume_measures_every_reconnect_of_exact_streams(stack: Stack) -> None:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
-from tests.integration.helpers import final, read_stream, sim, text, tokens
+from tests.integration.helpers import assert_model_stopped, final, read_stream, sim, text, tokens
 
 TIMEOUT_S = 15.0
 GAP_S = 0.05
@@ -67,7 +67,7 @@ async def test_ten_prompts_fifty_ms_apart_leave_one_answer_and_no_model_tokens(
 
 
 async def test_a_new_prompt_supersedes_the_running_stream_at_once(
-    client: SluiceClient, session: aiohttp.ClientSession
+    client: SluiceClient, session: aiohttp.ClientSession, stack: Stack
 ) -> None:
     conversation_id = conversation()
     slow = sim(tokens=1000, tokens_per_s=50, ttft_ms=20)
@@ -94,6 +94,7 @@ async def test_a_new_prompt_supersedes_the_running_stream_at_once(
     assert stopped_s < 1.0
     _, info = await client.get(first["id"])
     assert info["status"] == "superseded" and info["tokens"] == usage["tokens"]
+    await assert_model_stopped(stack, first["id"], usage["tokens"])
     answer = await read_stream(session, second["events_url"])
     assert final(answer).json()["finish_reason"] == "stop"
 

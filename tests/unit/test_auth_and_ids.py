@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ def test_stream_ids_are_unique_128_bit_and_subject_safe() -> None:
     assert len(ids) == 1000
     assert all(is_stream_id(i) and "." not in i and len(i) == 35 for i in ids)
     assert not is_stream_id("st_../../x")
+    for wrong in ("st_" + "a" * 31, "st_" + "a" * 33, "xx_" + "a" * 32, "a" * 35, "st_" + "g" * 32):
+        assert not is_stream_id(wrong), wrong
 
 
 def test_read_token_binds_the_stream_and_the_secret() -> None:
@@ -34,6 +37,24 @@ def test_read_token_carries_no_tenant() -> None:
     token = mint_read_token(SECRET, "st_a", 60)
     expires, signature = token.split(".")
     assert expires.isdigit() and len(signature) == 43
+
+
+def test_a_read_token_holds_until_its_expiry_second_and_not_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_000_000.0)
+    token = mint_read_token(SECRET, "st_a", 60)
+    monkeypatch.setattr(time, "time", lambda: 1_000_060.0)
+    verify_read_token([SECRET], "st_a", token)  # valid through its last second
+    monkeypatch.setattr(time, "time", lambda: 1_000_060.5)
+    with pytest.raises(Forbidden):
+        verify_read_token([SECRET], "st_a", token)
+
+
+def test_an_extended_expiry_is_rejected() -> None:
+    _, signature = mint_read_token(SECRET, "st_a", -1).split(".")
+    with pytest.raises(Forbidden):
+        verify_read_token([SECRET], "st_a", f"9999999999.{signature}")
 
 
 def test_every_secret_in_rotation_verifies_and_the_first_signs() -> None:

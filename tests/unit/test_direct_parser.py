@@ -143,3 +143,13 @@ async def test_a_reset_while_a_queued_message_is_handled_drops_the_old_buffer() 
     assert client.events == [("queued", "b", "", "hi")]
     await client._ps.parse(b"MSG a 1 5\r\nfresh\r\n")
     assert client.events[-1] == ("direct", "a", "fresh")
+
+
+async def test_each_message_that_ends_a_read_is_delivered_with_that_read() -> None:
+    headed = b"HMSG a.tokens 2 %d %d\r\n%sbody\r\n" % (len(HEADERS), len(HEADERS) + 4, HEADERS)
+    for wire, event in (
+        (headed, ("queued", "a.tokens", "", "body")),
+        (msg(b"a.tokens", 1, b"x"), ("direct", "a.tokens", "x")),
+        (msg(b"a.tokens", 2, b"y"), ("queued", "a.tokens", "", "y")),
+    ):
+        assert await feed([wire]) == [event], wire

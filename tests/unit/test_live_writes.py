@@ -90,3 +90,13 @@ async def test_stale_tokens_offered_within_the_window_leave_as_one_frame() -> No
     reader.offer(TokenBatch(first=4, texts=[" t4"], ts=time.time_ns()))
     assert tokens_in(transport.writes)[-1] == [" t4"], "fresh again: written at once"
     serving.cancel()
+
+
+async def test_a_fresh_batch_that_does_not_follow_the_last_token_is_not_written_at_once() -> None:
+    for first, texts in ((1, [" t1", " t2"]), (3, [" t3"])):  # an overlap, a gap
+        reader, transport, serving = await parked_reader()
+        reader.offer(TokenBatch(first=1, texts=[" t1"], ts=time.time_ns()))
+        reader.offer(TokenBatch(first=first, texts=texts, ts=time.time_ns()))
+        assert tokens_in(transport.writes) == [[" t1"]], f"{texts} waits for the writer task"
+        assert reader.sent == 1
+        serving.cancel()

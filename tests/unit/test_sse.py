@@ -79,3 +79,21 @@ def test_unknown_fields_are_reported_if_asked_and_ignored_otherwise() -> None:
     assert unknown == ["foo: bar", "<html>"], "comments and the known fields are not reported"
     assert [(e.type, e.data) for e in events] == [("a", "x")]
     assert [(e.type, e.data) for e in parse(stream)] == [("a", "x")]
+
+
+def test_frames_parse_back_with_and_without_an_id() -> None:
+    events = parse(sse.json_frame("status", {"status": "running"}), sse.frame("done", b"{}", 12))
+    assert [(e.type, e.json(), e.last_event_id) for e in events] == [
+        ("status", {"status": "running"}, ""),
+        ("done", {}, "12"),
+    ]
+
+
+def test_only_the_streams_first_bom_is_stripped() -> None:
+    assert [e.data for e in parse(b"", b"\xef\xbb\xbfdata: x\n\n")] == ["x"]
+    assert parse(b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: x\n\n") == [], "a later BOM is not one"
+
+
+def test_a_crlf_split_between_chunks_ends_one_line() -> None:
+    events = parse(b"data: x\r", b"\ndata: y\r\n\r", b"\n")
+    assert [e.data for e in events] == ["x\ny"]
