@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from libs.common.names import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+
 PREFIX = "SLUICE_"
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -40,6 +42,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """All of sluice's configuration; defaults suit ``sluice dev`` on one machine."""
 
+    namespace: Annotated[str, Meta(pattern=NAMESPACE_PATTERN)] = DEFAULT_NAMESPACE
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
     secret: str = ""

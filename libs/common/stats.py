@@ -111,6 +111,8 @@ class Dashboard(msgspec.Struct, frozen=True):
     totals: dict[str, dict[str, float]]
     waste_ratio: float | None
     window_s: float = PERCENTILE_WINDOW_S
+    namespace: str = names.DEFAULT_NAMESPACE
+    """The one namespace these figures come from (``SLUICE_NAMESPACE``)."""
 
 
 dashboard_decoder = msgspec.json.Decoder(Dashboard)
@@ -312,6 +314,7 @@ class Aggregator:
             cancel_to_stop_ms=window("sluice_cancel_to_stop_seconds"),
             totals=totals,
             waste_ratio=round(wasted / generated, 4) if generated else None,
+            namespace=names.NAMESPACE,
         )
 
 

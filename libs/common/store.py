@@ -23,11 +23,11 @@ READ_CHUNK = 512
 _FINISH = """
 if redis.call('HSETNX', KEYS[1], 'finished_ns', ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '1-0', 'm', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then redis.call('SREM', 'sluice:tenant:' .. tenant .. ':active', KEYS[3]) end
+if tenant then redis.call('SREM', string.format(ARGV[4], tenant), KEYS[3]) end
 return 1
 """
 
@@ -69,7 +69,7 @@ return {1, active, previous}
 
 
 class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The ``sluice:meta:<id>`` hash; every field optional so partial writes stay valid."""
+    """The ``<ns>:meta:{<id>}`` hash; every field optional so partial writes stay valid."""
 
     status: str = "queued"
     tenant: str = ""
@@ -218,7 +218,7 @@ class StreamStore:
         pairs = [item for pair in _as_fields(fields).items() for item in pair]
         won = await self._finish(
             keys=[names.meta_key(stream_id), names.log_key(stream_id), stream_id],
-            args=[now, payload, self.ttl_s, *pairs],
+            args=[now, payload, self.ttl_s, names.TENANT_ACTIVE_TEMPLATE, *pairs],
         )
         return bool(won)
 

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from libs.common import names
 from libs.common.store import StreamStore
 from libs.common.wire import Done, tokens_codec
 from libs.tools.client import Received, SluiceClient
@@ -234,7 +235,7 @@ async def test_feedback_is_stored_in_the_feedback_stream_with_tenant_and_stream_
         "stream_id": created["id"],
     }
     async with aioredis.from_url(stack.redis_url, decode_responses=True) as redis:
-        entries = await redis.xrevrange("sluice:feedback", count=50)
+        entries = await redis.xrevrange(names.FEEDBACK_STREAM, count=50)
     stored = [fields for _, fields in entries if fields["stream_id"] == created["id"]]
     assert len(stored) == 1
     assert stored[0]["tenant"] == "anonymous"

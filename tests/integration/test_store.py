@@ -61,7 +61,7 @@ async def test_only_the_first_finaliser_ends_a_stream_and_nothing_follows_it(
     assert entries[-1] == done
     meta = await store.meta(stream_id)
     assert meta is not None and meta.status == "completed"
-    assert 0 < await store.redis.ttl(f"sluice:log:{stream_id}") <= 60
+    assert 0 < await store.redis.ttl(names.log_key(stream_id)) <= 60
 
 
 async def test_a_late_start_on_a_second_runner_does_not_generate_again(store: StreamStore) -> None:

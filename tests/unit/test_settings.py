@@ -37,6 +37,8 @@ def test_values_are_read_and_converted_from_the_environment() -> None:
         ("SLUICE_MAX_CONNECTIONS", "-1"),
         ("SLUICE_MODELS", "{not json"),
         ("SLUICE_MODELS", '{"m": {"surprise": 1}}'),
+        ("SLUICE_NAMESPACE", "a.b"),
+        ("SLUICE_NAMESPACE", "team *"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable: str, value: str) -> None:
