@@ -19,8 +19,18 @@ log = logging.getLogger(__name__)
 DRIVER_INFO = DriverInfo()
 
 
+def nats_servers(url: str) -> list[str]:
+    """``SLUICE_NATS_URL`` as a server list: one URL, or a cluster's, comma-separated."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
 async def connect_nats(settings: Settings, name: str) -> DirectNATS:
-    """Connect with reconnect forever: services ride out a NATS restart."""
+    """Connect with reconnect forever: services ride out a NATS restart.
+
+    Given a cluster's servers, a lost connection moves to another node (and to any
+    the cluster announces later); subscriptions are replayed there by nats-py, and
+    what was published meanwhile waits in the ``pending_size`` buffer.
+    """
 
     async def disconnected() -> None:
         log.warning("nats disconnected", extra={"service": name})
@@ -33,7 +43,7 @@ async def connect_nats(settings: Settings, name: str) -> DirectNATS:
 
     client = DirectNATS()
     await client.connect(
-        settings.nats_url,
+        nats_servers(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,  # type: ignore[arg-type]  # annotated int, sleeps any number
