@@ -12,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from libs.tools.servers import Server, ServerError, find_binary, free_port
 
@@ -23,7 +24,7 @@ class NatsNode:
     server: Server
     monitor_port: int
 
-    def monitor(self, path: str) -> dict[str, object]:
+    def monitor(self, path: str) -> dict[str, Any]:
         """One of nats-server's monitoring answers (``routez``, ``connz``...) as JSON."""
         url = f"http://127.0.0.1:{self.monitor_port}/{path}"
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -35,7 +36,6 @@ class NatsNode:
 
     def client_names(self) -> list[str]:
         connections = self.monitor("connz?limit=10000")["connections"]
-        assert isinstance(connections, list)
         return [str(c.get("name", "")) for c in connections]
 
 
@@ -60,7 +60,7 @@ class NatsCluster:
         """Until every live node routes to every other live node."""
         deadline = time.monotonic() + timeout_s
         live = [node for node in self.nodes if node.alive()]
-        while any(n.monitor("routez")["num_routes"] < len(live) - 1 for n in live):
+        while any(int(n.monitor("routez")["num_routes"]) < len(live) - 1 for n in live):
             if time.monotonic() > deadline:
                 raise ServerError(f"NATS cluster not routed within {timeout_s}s")
             time.sleep(0.05)
