@@ -7,7 +7,8 @@ one namespace, and subjects stay constants on the per-token paths. ``Settings`` 
 the same variable, so a bad value fails at start with its name.
 
 A stream's Redis keys carry its id as a hash tag (``{<id>}``), so in a Redis Cluster
-its log and meta live in one slot and the scripts that touch both run on one shard.
+its log and meta live in one slot and the scripts that touch both run on one shard;
+a tenant's keys (active streams, conversations) carry the tenant as theirs.
 """
 
 from __future__ import annotations
@@ -63,15 +64,13 @@ def meta_key(stream_id: str) -> str:
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:
-    """Scoped by tenant so two tenants' conversation ids never collide."""
-    return f"{NAMESPACE}:conv:{tenant}:{conversation_id}"
+    """Scoped by tenant so two tenants' conversation ids never collide; in the tenant's
+    slot, so admission's script touches one slot."""
+    return f"{NAMESPACE}:conv:{{{tenant}}}:{conversation_id}"
 
 
 def tenant_active_key(tenant: str) -> str:
-    return f"{NAMESPACE}:tenant:{tenant}:active"
+    return f"{NAMESPACE}:tenant:{{{tenant}}}:active"
 
-
-TENANT_ACTIVE_TEMPLATE = tenant_active_key("%s")
-""":func:`tenant_active_key` for a Lua script to fill in with ``string.format``."""
 
 FEEDBACK_STREAM = f"{NAMESPACE}:feedback"

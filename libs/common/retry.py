@@ -17,8 +17,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     nats.errors.Error,
 )
+"""Outages, and a Redis Cluster's failover (``CLUSTERDOWN``, ``TRYAGAIN``, a slot whose
+master is being replaced), which ends once a replica is promoted."""
 BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 T = TypeVar("T")

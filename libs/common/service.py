@@ -12,10 +12,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import prometheus_client
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from libs.common.connections import connect_nats, connect_redis
+from libs.common.connections import RedisClient, connect_nats, connect_redis
 from libs.common.direct_nats import DirectNATS
 from libs.common.http import error_middleware, json_response
 from libs.common.logs import setup_logging
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 NATS_CLIENT = web.AppKey("nats", DirectNATS)
-REDIS_CLIENT = web.AppKey("redis", aioredis.Redis)
+REDIS_CLIENT: web.AppKey[RedisClient] = web.AppKey("redis")
 SERVICE_NAME = web.AppKey("service_name", str)
 
 

@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     namespace: Annotated[str, Meta(pattern=NAMESPACE_PATTERN)] = DEFAULT_NAMESPACE
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
     secret: str = ""
     api_keys: str = ""
 
@@ -67,6 +68,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     reader_lease_s: Positive = 1.0
 
     log_ttl_s: Count = 3_600
+    log_sync_replicas: Annotated[int, Meta(ge=0)] = 0
+    log_sync_timeout_ms: Count = 1_000
     log_maxlen: Count = 1_000_000
     feedback_maxlen: Count = 100_000
 

@@ -10,7 +10,7 @@ from libs.common.api import decode_request
 from libs.common.http import json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import stream_store
 from services.gateway import dashboard
 from services.gateway.control_socket import HARD_FRAME_BYTES, ControlSession
 from services.gateway.streams import Streams
@@ -50,7 +50,7 @@ async def control(request: web.Request) -> web.WebSocketResponse:
 
 async def _streams(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    store = stream_store(app[REDIS_CLIENT], settings)
     app[STREAMS] = Streams(settings, app[NATS_CLIENT], store)
     yield
 

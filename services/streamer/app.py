@@ -18,7 +18,7 @@ from libs.common.errors import InvalidRequest, Overloaded, Unavailable
 from libs.common.retry import TRANSIENT
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamMeta, StreamStore
+from libs.common.store import StreamMeta, StreamStore, stream_store
 from libs.common.wire import StatusChange
 from services.streamer import chat
 from services.streamer.hub import Hub
@@ -83,7 +83,7 @@ def _raise_open_files_limit() -> None:
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     _raise_open_files_limit()
-    app[STORE] = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    app[STORE] = stream_store(app[REDIS_CLIENT], settings)
     streamer_id = f"{socket.gethostname()}-{os.getpid()}"
     app[HUB] = Hub(app[NATS_CLIENT], streamer_id, settings.reader_lease_s)
     app[HUB].start()
