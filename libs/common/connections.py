@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,8 +58,14 @@ async def connect_nats(settings: Settings, name: str) -> DirectNATS:
         reconnected_cb=reconnected,
         error_cb=error,
         pending_size=64 * 1024 * 1024,
+        tls=_nats_tls(settings.nats_tls_ca),
     )
     return client
+
+
+def _nats_tls(ca_file: str) -> ssl.SSLContext | None:
+    """Trust ``SLUICE_NATS_TLS_CA``; without it, ``tls://`` URLs trust the system's CAs."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
 def connect_redis(settings: Settings) -> RedisClient:
@@ -76,11 +83,15 @@ def connect_redis(settings: Settings) -> RedisClient:
     in the installed package's metadata, which was 40% of the coordinator's work while
     a burst of streams grew its pool.
     """
+    tls: dict[str, Any] = {"ssl_ca_certs": settings.redis_tls_ca} if settings.redis_tls_ca else {}
     if settings.redis_cluster:
-        return _connect_cluster(settings.redis_url)
+        return _connect_cluster(settings.redis_url, tls)
     extra: dict[str, Any] = {"driver_info": DRIVER_INFO}
-    if urlsplit(settings.redis_url).scheme == "redis":
+    scheme = urlsplit(settings.redis_url).scheme
+    if scheme == "redis":
         extra["connection_class"] = HiredisPackedConnection
+    elif scheme == "rediss":
+        extra.update(tls)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         **extra,
@@ -93,7 +104,7 @@ def connect_redis(settings: Settings) -> RedisClient:
     return aioredis.Redis(connection_pool=pool)
 
 
-def _connect_cluster(url: str) -> aioredis.RedisCluster:
+def _connect_cluster(url: str, tls: dict[str, Any]) -> aioredis.RedisCluster:
     """Each node's connections are redis-py's own (hiredis packing steps aside here)."""
     first, *others = [node.strip() for node in url.split(",") if node.strip()]
     startup = [
@@ -108,6 +119,7 @@ def _connect_cluster(url: str) -> aioredis.RedisCluster:
         socket_connect_timeout=2,
         socket_timeout=5,
         max_connections=512,
+        **(tls if urlsplit(first).scheme == "rediss" else {}),
     )
 
 

@@ -44,8 +44,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     namespace: Annotated[str, Meta(pattern=NAMESPACE_PATTERN)] = DEFAULT_NAMESPACE
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_tls_ca: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
+    redis_tls_ca: str = ""
     secret: str = ""
     api_keys: str = ""
 
