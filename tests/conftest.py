@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from libs.tools.client import SluiceClient
 from libs.tools.servers import (
@@ -90,6 +91,16 @@ FAST_ENV = {
     "SLUICE_DRAIN_TIMEOUT_S": "3",
     "SLUICE_LOG_LEVEL": "WARNING",
 }
+
+
+@pytest.fixture
+async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis, for tests that look at keys themselves."""
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ namespace, and its metrics and dashboard count only its own work.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -40,15 +40,6 @@ def suites(
     finally:
         for stack in started.values():
             stack.stop()
-
-
-@pytest.fixture
-async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(servers[1])
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def runner_id(stack: Stack) -> str:

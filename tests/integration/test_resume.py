@@ -13,7 +13,6 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -36,15 +35,6 @@ SCHEDULES_PER_ROUND = 50
 TOKENS = 600
 TOKENS_PER_S = 400.0
 DEFAULT_LOG_TTL_S = 3600
-
-
-@pytest.fixture
-async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(servers[1])
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def random_schedule(rng: random.Random) -> tuple[float, Schedule]:
