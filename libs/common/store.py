@@ -9,17 +9,21 @@ atomic script that only the first finaliser wins (runner, coordinator or cancel)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.crc import key_slot
 
 from libs.common import names
 from libs.common.connections import RedisClient
 from libs.common.settings import Settings
 from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
+
+log = logging.getLogger(__name__)
 
 TERMINAL_ENTRY_ID = b"1-0"
 READ_CHUNK = 512
@@ -235,12 +239,32 @@ class StreamStore:
             target, pipe = {}, self.redis.pipeline(transaction=False)
         pipe.execute_command("EVAL", script.script, len(keys), *keys, *args, **target)
         pipe.execute_command("WAIT", self.sync_replicas, self.sync_timeout_ms, **target)
-        result, acknowledged = await pipe.execute()
+        try:
+            result, acknowledged = await pipe.execute()
+        except (redis.exceptions.ConnectionError, OSError, RuntimeError, AttributeError) as lost:
+            await self._relearn_slots()
+            raise redis.exceptions.ConnectionError(f"log commit lost its node: {lost}") from lost
         if acknowledged < self.sync_replicas:
             raise LogNotReplicated(
                 f"{acknowledged} of {self.sync_replicas} replicas within {self.sync_timeout_ms} ms"
             )
         return result
+
+    async def _relearn_slots(self) -> None:
+        """After a node is lost, ask the cluster who serves each slot now.
+
+        The pipeline above names its node itself, so redis-py's own refresh after a
+        failed command does not run for it; a retry would go to the dead master again.
+        A connection to a dead node can surface from redis-py's cluster pipeline as a
+        ``RuntimeError`` (closed transport) or ``AttributeError`` (no writer), so the
+        caller maps those to ``ConnectionError`` here, at this one boundary.
+        """
+        if not isinstance(self.redis, aioredis.RedisCluster):
+            return
+        try:
+            await self.redis.nodes_manager.initialize()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("slot map refresh failed: %r", exc)
 
     def _slot(self, key: str) -> int:
         """The key's Redis Cluster slot; one server takes any keys in one script."""
