@@ -1,17 +1,23 @@
 # syntax=docker/dockerfile:1
 # One image, four services: the command names the service.
 #   docker run sluice gateway | coordinator | runner | streamer
-# Build with BuildKit (the default builder since Docker 23): the runtime stage mounts the
-# builder's wheels instead of copying them, so they never land in a layer.
+# Build with BuildKit (the default builder since Docker 23) or podman: the runtime stage
+# mounts the builder's wheels instead of copying them, so they never land in a layer.
+# `make image` builds it with podman, on a locally made base when no registry answers.
+# The base is pinned by digest; docs/deploy.md says how to move the pin.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# Every dependency, transitive ones included, comes from the hashed locks (`make lock`):
+# pip refuses any file whose hash is not in them. The build backend is locked the same way.
+COPY requirements.lock requirements-build.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-build.lock \
+ && pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY . .
-# Every dependency is pinned in pyproject.toml; this resolves them to wheels once.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \

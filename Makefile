@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test test-fresh deps check lint format typecheck unit integration bench clean
+.PHONY: help dev test test-fresh deps check lint format typecheck unit integration bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,5 +55,35 @@ integration: $(STAMP) ## End-to-end tests against real processes
 bench: $(STAMP) ## Benchmark: starts its own suite unless --gateway is given (see `sluice bench -h`)
 	$(BIN)/sluice bench $(ARGS)
 
+fuzz: $(STAMP) ## Fuzz every public endpoint of a suite of its own (ARGS="--requests 20000")
+	$(BIN)/sluice fuzz $(ARGS)
+
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Container image, dependency lock, compose stack (podman; docs/deploy.md) ---------
+.PHONY: lock image compose-up compose-down prometheusrule test-image
+IMAGE ?= sluice:local
+LOCK  := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+         --custom-compile-command 'make lock'
+
+lock: $(STAMP) ## Re-resolve requirements.lock and requirements-build.lock, every dependency hashed
+	$(LOCK) pyproject.toml -o requirements.lock
+	printf 'setuptools>=69\n' | $(LOCK) - -o requirements-build.lock
+
+image: ## Build the image with podman, on a local Debian base when no registry answers
+	deploy/docker/build-image.sh $(IMAGE)
+
+test-image: $(STAMP) ## Build the image, run each service and the compose stack from it (minutes when cold)
+	$(PYTHON) -m libs.tools.deps --image
+	SLUICE_IMAGE_TESTS=1 $(BIN)/python -m pytest -m image tests/deploy
+
+compose-up: $(STAMP) ## docker-compose.yml's stack with podman-compose (ARGS="--scale streamer=2")
+	PODMAN_COMPOSE=$(BIN)/podman-compose deploy/compose/up.sh $(ARGS)
+
+compose-down: $(STAMP) ## Stop the compose stack and delete its volumes
+	CONTAINERS_CONF=$(CURDIR)/deploy/docker/containers.conf $(BIN)/podman-compose \
+	  -f docker-compose.yml -f deploy/compose/standins.yml down --volumes
+
+prometheusrule: $(STAMP) ## Regenerate the Kubernetes PrometheusRule from deploy/prometheus/alerts.yml
+	$(BIN)/python deploy/prometheus/to_prometheusrule.py > deploy/k8s/components/servicemonitor/prometheusrule.yaml

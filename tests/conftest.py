@@ -8,25 +8,30 @@ never leak into other tests.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.servers import (
     Server,
     ServerError,
     binary_version,
+    free_port,
     nats_server,
     redis_binary,
     redis_server,
 )
-from libs.tools.stack import Stack
+from libs.tools.stack import SERVICES, Stack, page_origins
+from tests.netcut import CuttableLink, LinkedStack
 
 
 def pytest_report_header() -> str:
@@ -60,6 +65,32 @@ def own_servers(tmp: Path, appendonly: bool = True) -> Iterator[tuple[Server, Se
         redis.stop()
 
 
+@contextmanager
+def own_suite(tmp: Path, env: dict[str, str]) -> Iterator[Stack]:
+    """A suite of its own (own NATS and Redis, the four services) with ``env`` over FAST_ENV."""
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env={**FAST_ENV, **env})
+        try:
+            yield suite.start()
+        finally:
+            suite.stop()
+
+
+def private_suite(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[Stack]:
+    """For a fixture: :func:`own_suite` in a fresh temporary directory named ``name``."""
+    with own_suite(tmp_path_factory.mktemp(name), env) as suite:
+        yield suite
+
+
+@contextmanager
+def stack_with_models(tmp: Path, models: dict[str, Any], **env: str) -> Iterator[Stack]:
+    """A suite of its own whose runners serve ``models``."""
+    with own_suite(tmp, {"SLUICE_MODELS": json.dumps(models), **env}) as suite:
+        yield suite
+
+
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     if os.environ.get("SLUICE_TEST_CONTAINERS") == "1":
@@ -83,7 +114,7 @@ def stack(servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 FAST_ENV = {
-    "SLUICE_SECRET": "test-secret",
+    "SLUICE_SECRET": "test-secret-of-at-least-32-bytes-for-hmac",
     "SLUICE_HEARTBEAT_S": "1",
     "SLUICE_STALL_TIMEOUT_S": "3",
     "SLUICE_RUNNER_HEARTBEAT_S": "0.5",
@@ -91,6 +122,31 @@ FAST_ENV = {
     "SLUICE_DRAIN_TIMEOUT_S": "3",
     "SLUICE_LOG_LEVEL": "WARNING",
 }
+
+
+@pytest.fixture(scope="module")
+async def linked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LinkedStack]:
+    """A suite of its own (NATS and Redis too) whose streamer clients reach through a link.
+
+    A test can cut the link: a network loss. The chat page of its gateway reads SSE from
+    the link's origin, as under ``sluice dev``.
+    """
+    tmp = tmp_path_factory.mktemp("linked-stack")
+    ports = {name: free_port() for name in SERVICES}
+    link = await CuttableLink(ports["streamer"]).start()
+    env = {
+        **FAST_ENV,
+        "SLUICE_PUBLIC_STREAMER_URL": link.url,
+        "SLUICE_CORS_ORIGINS": page_origins(ports["gateway"]),
+    }
+    with own_servers(tmp) as (nats, redis):
+        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
+        await asyncio.to_thread(suite.start, ports)
+        try:
+            yield LinkedStack(suite, link)
+        finally:
+            await asyncio.to_thread(suite.stop)
+            await link.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,16 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from libs.common.errors import InvalidRequest
+from libs.common.tooling import (
+    CallId,
+    MessageToolCall,
+    ResponseFormat,
+    ToolChoice,
+    ToolParams,
+    Tools,
+    check_tools,
+    tool_params,
+)
 
 Status = Literal["queued", "running", "completed", "cancelled", "superseded", "abandoned", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset(
@@ -19,6 +29,34 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 )
 
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every integer a client sends fits 64 bits, as every wire format and backend expects."""
+
+PROMPT_MAX_CHARS = 16 * 1024 * 1024
+"""Far above the body limit's default: the limit an operator sets is the one that binds."""
+METADATA_MAX_KEYS = 64
+METADATA_MAX_DEPTH = 8
+METADATA_MAX_BYTES = 16_384
+_json = msgspec.json.Encoder()
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Bound a request's free-form ``metadata``: it is stored with the stream and sent on."""
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValueError(f"`metadata` has more than {METADATA_MAX_KEYS} keys")
+    _check_nesting(metadata, METADATA_MAX_DEPTH)
+    if len(_json.encode(metadata)) > METADATA_MAX_BYTES:
+        raise ValueError(f"`metadata` is larger than {METADATA_MAX_BYTES} bytes as JSON")
+
+
+def _check_nesting(value: Any, depth_left: int) -> None:
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("`metadata` holds an integer beyond 64 bits")
+    if isinstance(value, dict | list):
+        if depth_left == 0:
+            raise ValueError(f"`metadata` is nested deeper than {METADATA_MAX_DEPTH} levels")
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_nesting(item, depth_left - 1)
 
 
 class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -27,7 +65,9 @@ class SimParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ttft_ms: Annotated[int, Meta(ge=0, le=120_000)] = 300
     tokens_per_s: Annotated[float, Meta(gt=0, le=1_000_000)] = 50.0
     tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
-    seed: int = 0
+    seed: Int64 = 0
+    reasoning_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    """Thinking tokens streamed on the reasoning channel before the answer."""
 
 
 class ContentPart(msgspec.Struct, frozen=True):
@@ -35,29 +75,58 @@ class ContentPart(msgspec.Struct, frozen=True):
     text: str = ""
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One chat message; an assistant's may hold tool calls instead of content."""
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Meta(max_length=128)] | None = None
+    tool_call_id: CallId | None = None
+    name: Name | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("`content` is required unless an assistant message has `tool_calls`")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("`tool_call_id` is required on, and only on, a `tool` message")
 
     @property
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content if part.type == "text")
+
+
+def prompt_text(prompt: str | None, messages: list[Message] | None) -> str:
+    """The text the simulated model answers: the prompt, or the messages joined."""
+    if prompt is not None:
+        return prompt
+    return "\n".join(f"{m.role}: {m.text}" for m in messages or ())
+
+
+def chat_messages(prompt: str | None, messages: list[Message] | None) -> list[Message]:
+    """The request as a chat: its messages, or its prompt as the one user message."""
+    if messages is not None:
+        return messages
+    return [Message(role="user", content=prompt or "")]
 
 
 StopSequences = Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta(max_length=4)]
 
 
 class Sampling(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
-    """Decoding parameters handed to an upstream model as they are; ``sim`` ignores them."""
+    """Parameters handed to an upstream model as they are; ``sim`` ignores them."""
 
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     stop: StopSequences | None = None
     presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    user: Annotated[str, Meta(max_length=256)] | None = None
 
 
 class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -65,7 +134,7 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     model: Name = "sim"
     messages: Annotated[list[Message], Meta(min_length=1, max_length=1024)] | None = None
-    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    prompt: Annotated[str, Meta(max_length=PROMPT_MAX_CHARS)] | None = None
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] = 256
     conversation_id: Name | None = None
     supersede: bool | None = None
@@ -74,22 +143,29 @@ class StreamRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     metadata: dict[str, Any] = {}
     sim: SimParams | None = None
     sampling: Sampling | None = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of `prompt` and `messages` is required")
+        check_metadata(self.metadata)
+        check_tools(self.tools, self.tool_choice)
+
+    @property
+    def tooling(self) -> ToolParams | None:
+        return tool_params(
+            self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
+        )
 
     @property
     def prompt_text(self) -> str:
-        """The text the simulated model answers: the prompt, or the messages joined."""
-        if self.prompt is not None:
-            return self.prompt
-        return "\n".join(f"{m.role}: {m.text}" for m in self.messages or ())
+        return prompt_text(self.prompt, self.messages)
 
     def chat_messages(self) -> list[Message]:
-        if self.messages is not None:
-            return self.messages
-        return [Message(role="user", content=self.prompt or "")]
+        return chat_messages(self.prompt, self.messages)
 
     def resolved_supersede(self) -> bool:
         return self.conversation_id is not None and self.supersede is not False
@@ -109,9 +185,10 @@ class CreatedStream(msgspec.Struct):
     position: int | None = None
 
 
-class ErrorBody(msgspec.Struct):
+class ErrorBody(msgspec.Struct, omit_defaults=True):
     type: str
     message: str
+    correlation_id: str | None = None
 
 
 class ErrorEnvelope(msgspec.Struct):
@@ -127,6 +204,10 @@ def decode_with(decoder: msgspec.json.Decoder[T], body: str | bytes) -> T:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(str(exc)) from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
 
 
 _request_decoder = msgspec.json.Decoder(StreamRequest)
@@ -165,7 +246,8 @@ class StreamInfo(msgspec.Struct, omit_defaults=True):
 
 
 Ref = Annotated[str, Meta(max_length=128)] | None
-StreamRef = Annotated[str, Meta(min_length=1, max_length=64)]
+StreamRef = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A stream id as a client may name one: nothing that could change a subject or key."""
 
 
 class ControlFrame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -253,6 +335,6 @@ _ref_decoder = msgspec.json.Decoder(_FrameRef)
 def frame_ref(text: str | bytes) -> str | None:
     """The ``ref`` of a frame that failed to decode, if it has a readable one, for its error."""
     try:
-        return _ref_decoder.decode(text).ref
-    except msgspec.DecodeError:
+        return decode_with(_ref_decoder, text).ref
+    except InvalidRequest:
         return None

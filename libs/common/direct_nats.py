@@ -97,7 +97,7 @@ class DirectNATS(NATS):
     ) -> None:
         handler = self._direct.get(sid)
         if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]  # nats.py passes None too
             return
         self.deliver(handler, subject.decode(), data)
 

@@ -16,10 +16,15 @@ class SluiceError(Exception):
     status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail
+        """For the logs only: what the client must not see (an upstream's words, a URL)."""
+        self.correlation_id: str | None = None
 
 
 class InvalidRequest(SluiceError):
@@ -110,6 +115,17 @@ class Unavailable(SluiceError):
     type = "unavailable"
     status = 503
     retryable = True
+
+
+class Internal(SluiceError):
+    """Something unexpected; the client gets only the correlation id that finds it in the logs."""
+
+    type = "internal"
+    status = 500
+
+    def __init__(self, message: str, correlation_id: str) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
 
 
 BY_TYPE: dict[str, type[SluiceError]] = {

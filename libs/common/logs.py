@@ -14,7 +14,7 @@ import msgspec
 
 from libs.common.tracing import current_stream, trace_id
 
-_FIELDS = ("stream_id", "tenant", "runner_id", "reason", "service")
+_FIELDS = ("stream_id", "tenant", "runner_id", "reason", "service", "correlation_id")
 _encode = msgspec.json.Encoder().encode
 
 

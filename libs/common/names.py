@@ -29,6 +29,7 @@ STATS = f"{NAMESPACE}.stats"
 COORDINATOR_QUEUE = "coordinator"
 
 ALL_CONTROL = f"{NAMESPACE}.stream.*.control"
+ALL_LIFECYCLE = f"{NAMESPACE}.stream.*.lifecycle"
 
 
 def in_namespace(name: str, namespace: str) -> str:
@@ -61,6 +62,11 @@ def log_key(stream_id: str) -> str:
 
 def meta_key(stream_id: str) -> str:
     return f"{NAMESPACE}:meta:{{{stream_id}}}"
+
+
+def prompt_key(stream_id: str) -> str:
+    """A large request's prompt, parked while the stream waits for a runner."""
+    return f"{NAMESPACE}:prompt:{{{stream_id}}}"
 
 
 def conversation_key(tenant: str, conversation_id: str) -> str:

@@ -3,12 +3,16 @@
 The streamer decodes :class:`ChatRequest` and answers chunks, completions and errors;
 the runner's ``openai`` backend sends a :class:`ChatRequest` upstream and decodes the
 chunks it gets back. One set of Structs for both sides keeps them in agreement.
-Unknown request fields (``temperature``, ``user``, ...) are accepted and ignored, so
-clients that send them unasked keep working.
+A request field sluice neither honours nor passes to the model (``logprobs``, ``n``
+above 1, ...) is refused with a 400 that names it: ignoring it would silently
+answer a different question. Passed through as they are: the :class:`Sampling`
+fields (``temperature``, ``top_p``, ``stop``, penalties, ``seed``,
+``reasoning_effort``, ``user``) and the tool fields of :class:`ToolParams`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -20,7 +24,16 @@ from libs.common.api import (
     Sampling,
     SimParams,
     StreamRequest,
+    check_metadata,
     decode_with,
+)
+from libs.common.errors import InvalidRequest
+from libs.common.tooling import (
+    MessageToolCall,
+    ResponseFormat,
+    ToolChoice,
+    Tools,
+    check_tools,
 )
 
 TokenLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
@@ -33,11 +46,9 @@ class StreamOptions(msgspec.Struct, frozen=True):
 SAMPLING_FIELDS = tuple(field.name for field in msgspec.structs.fields(Sampling))
 
 
-class ChatRequest(
-    Sampling, frozen=True, omit_defaults=True, kw_only=True, forbid_unknown_fields=False
-):
-    """Body of ``POST /v1/chat/completions``: the decoding parameters of :class:`Sampling`,
-    the OpenAI fields, then sluice's optional extras; other OpenAI fields are ignored.
+class ChatRequest(Sampling, frozen=True, omit_defaults=True, kw_only=True):
+    """Body of ``POST /v1/chat/completions``: the parameters of :class:`Sampling`, the
+    OpenAI fields, then sluice's optional extras; any other field is refused.
     """
 
     model: Name
@@ -47,12 +58,20 @@ class ChatRequest(
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=1)] = 1
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     metadata: dict[str, Any] = {}
     sim: SimParams | None = None
     conversation_id: Name | None = None
     supersede: bool | None = None
     debounce_ms: Annotated[int, Meta(ge=0, le=60_000)] = 0
     abandon_after_s: Annotated[float, Meta(gt=0, le=86400)] | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        check_metadata(self.metadata)
+        check_tools(self.tools, self.tool_choice)
 
     @property
     def sampling(self) -> Sampling | None:
@@ -78,13 +97,36 @@ class ChatRequest(
             metadata=self.metadata,
             sim=self.sim,
             sampling=self.sampling,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+            response_format=self.response_format,
             **fields,
         )
 
 
+class FunctionDelta(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallChunk(msgspec.Struct, omit_defaults=True):
+    """A fragment of a streamed tool call; ``id``, ``type`` and the name come on its first."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionDelta | None = None
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
+    """What a chunk adds; upstreams spell thinking ``reasoning_content`` or ``reasoning``."""
+
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ToolCallChunk] | None = None
 
 
 class ChunkChoice(msgspec.Struct):
@@ -93,10 +135,15 @@ class ChunkChoice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class CompletionTokensDetails(msgspec.Struct, omit_defaults=True):
+    reasoning_tokens: int | None = None
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChatCompletionChunk(msgspec.Struct):
@@ -130,8 +177,12 @@ class UpstreamChunk(ChatCompletionChunk):
 
 
 class CompletionMessage(msgspec.Struct):
-    content: str
+    """The answer of a ``stream: false`` request: what the chunks of a streamed one add up to."""
+
+    content: str | None
     role: str = "assistant"
+    reasoning_content: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class CompletionChoice(msgspec.Struct):
@@ -164,7 +215,18 @@ class ModelList(msgspec.Struct):
 
 
 _chat_request_decoder = msgspec.json.Decoder(ChatRequest)
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(\w+)`$")
 
 
 def decode_chat_request(body: bytes) -> ChatRequest:
-    return decode_with(_chat_request_decoder, body)
+    """Decode and validate a chat request; a field sluice cannot honour gets its own words."""
+    try:
+        return decode_with(_chat_request_decoder, body)
+    except InvalidRequest as error:
+        unknown = _UNKNOWN_FIELD.match(error.message)
+        if unknown is None:
+            raise
+        raise InvalidRequest(
+            f"sluice does not support the field `{unknown.group(1)}`: it would be ignored,"
+            f" so the request is refused - at `$.{unknown.group(1)}`"
+        ) from None

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import prometheus_client
 from aiohttp import web
 
 from libs.common.connections import RedisClient, connect_nats, connect_redis
+from libs.common.cors import Cors
 from libs.common.direct_nats import DirectNATS
-from libs.common.http import error_middleware, json_response
+from libs.common.http import LIMITS, error_middleware, json_response
+from libs.common.keys import key_ring
+from libs.common.limits import TenantLimits
 from libs.common.logs import setup_logging
+from libs.common.operator import operator_middleware
 from libs.common.process import prepare_process
-from libs.common.settings import Settings
+from libs.common.settings import Settings, check_deployment
 from libs.common.stats import StatsPublisher
 from libs.common.telemetry import setup_telemetry
 
@@ -51,11 +56,17 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "service": request.app[SERVICE_NAME]})
 
 
+# How long /readyz waits on Redis; the Kubernetes readiness probes' timeouts exceed it.
+READY_REDIS_TIMEOUT_S = 1.0
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready when both NATS and Redis answer; 503 otherwise, naming what failed."""
     checks = {"nats": request.app[NATS_CLIENT].is_connected, "redis": False}
     try:
-        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), 1.0))
+        checks["redis"] = bool(
+            await asyncio.wait_for(request.app[REDIS_CLIENT].ping(), READY_REDIS_TIMEOUT_S)
+        )
     except Exception as exc:
         log.warning("redis not ready: %s", exc)
     ready = all(checks.values())
@@ -71,15 +82,19 @@ def create_base_app(settings: Settings, service: str) -> web.Application:
     """An app with the error middleware, health routes and NATS/Redis opened for its life."""
     setup_logging(service, settings.log_level)
     setup_telemetry(service, settings.telemetry)
-    if not settings.keys_to_tenants:
+    check_deployment(settings)
+    if not key_ring(settings.api_keys, settings.api_keys_file).digests:
         log.warning("SLUICE_API_KEYS is empty: authentication is off, every call is 'anonymous'")
     if not settings.secret:
         log.warning("SLUICE_SECRET is unset: read tokens use a development key")
     app = web.Application(
-        middlewares=[error_middleware(service)], client_max_size=settings.max_body_bytes
+        middlewares=[error_middleware(service), operator_middleware(settings)],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[SERVICE_NAME] = service
+    app[LIMITS] = TenantLimits(settings)
+    Cors(settings.cors_origins).install(app)
     app.cleanup_ctx.append(_connections)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -97,14 +112,20 @@ when every one of its readers reconnects at once, is the same burst.
 """
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+
+
 def run(app: web.Application, port: int) -> None:
-    """Serve until SIGTERM/SIGINT (on uvloop, see :func:`prepare_process`)."""
+    """Serve until SIGTERM/SIGINT (on uvloop, see :func:`prepare_process`), on ``port`` and,
+    when one is set, on the admin port (see :mod:`libs.common.operator`)."""
     prepare_process()
     settings = app[SETTINGS]
+    ports = [port, settings.admin_port] if settings.admin_port else [port]
     web.run_app(
         app,
-        host=settings.host,
-        port=port,
+        sock=[_listen(settings.host, each) for each in ports],
         access_log=None,
         print=None,
         shutdown_timeout=settings.drain_timeout_s,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -21,6 +21,12 @@ PREFIX = "SLUICE_"
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[float, Meta(gt=0)]
 Count = Annotated[int, Meta(ge=1)]
+
+DEV_SECRET = "sluice-dev-secret"
+MIN_SECRET_BYTES = 32
+KNOWN_PLACEHOLDERS = frozenset({DEV_SECRET, "compose-dev-secret", "dev-only-not-a-secret"})
+SECRET_VARIABLES = frozenset({"secret", "api_keys", "models", "admin_token"})
+"""Fields whose values never appear in an error message or a log."""
 
 
 class SettingsError(ValueError):
@@ -34,9 +40,28 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     base_url: str = ""
     upstream_model: str = ""
     api_key: str = ""
+    api_key_env: str = ""
+    api_key_file: str = ""
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_retries: int = 2
+
+    def upstream_key(self) -> str:
+        """The key for the upstream: inline, or named by an environment variable or a file,
+        so that ``SLUICE_MODELS`` itself need hold no secret."""
+        if self.api_key_env:
+            if self.api_key_env not in os.environ:
+                raise SettingsError(f"SLUICE_MODELS: api_key_env names unset {self.api_key_env}")
+            return os.environ[self.api_key_env].strip()
+        if self.api_key_file:
+            try:
+                with open(self.api_key_file, encoding="utf-8") as file:
+                    return file.read().strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"SLUICE_MODELS: api_key_file {self.api_key_file!r}: {exc.strerror}"
+                ) from None
+        return self.api_key
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -48,8 +73,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     redis_tls_ca: str = ""
+    env: Literal["development", "production"] = "development"
     secret: str = ""
     api_keys: str = ""
+    api_keys_file: str = ""
+    admin_token: str = ""
+    admin_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
     host: str = "0.0.0.0"
     gateway_port: Port = 8080
@@ -58,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     runner_port: Port = 8083
     public_gateway_url: str = ""
     public_streamer_url: str = ""
+    cors_origins: str = ""
 
     max_body_bytes: Count = 1_048_576
     read_token_ttl_s: Count = 86_400
@@ -86,21 +116,34 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     queue_max: Annotated[int, Meta(ge=0)] = 1_000
     queue_wait_s: Positive = 30.0
     tenant_max_streams: Count = 1_000
+    tenant_max_running: Annotated[int, Meta(ge=0)] = 0
+    tenant_requests_per_s: Positive = 50.0
+    tenant_request_burst: Count = 100
+    tenant_frames_per_s: Positive = 100.0
+    tenant_frame_burst: Count = 200
+    tenant_max_sockets: Count = 100
+    tenant_max_sse: Count = 2_000
+    max_stream_s: Positive = 3_600.0
     submit_timeout_s: Positive = 5.0
 
     log_level: str = "INFO"
     telemetry: bool = True
 
     @property
-    def keys_to_tenants(self) -> dict[str, str]:
-        """``SLUICE_API_KEYS`` as ``{key: tenant}``; empty means authentication is off."""
-        pairs = (item.strip() for item in self.api_keys.split(",") if item.strip())
-        return {key: tenant or key for key, _, tenant in (pair.partition(":") for pair in pairs)}
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys.strip() or self.api_keys_file)
 
     @property
-    def effective_secret(self) -> bytes:
-        """The HMAC key for read tokens; an unset secret is only acceptable in development."""
-        return (self.secret or "sluice-dev-secret").encode()
+    def secrets(self) -> tuple[bytes, ...]:
+        """The read-token keys: ``SLUICE_SECRET`` is a comma-separated rotation whose first
+        entry signs and every entry verifies. Unset, a development key stands in, which
+        :func:`check_deployment` allows only with authentication off outside production."""
+        listed = tuple(item.strip().encode() for item in self.secret.split(",") if item.strip())
+        return listed or (DEV_SECRET.encode(),)
+
+    @property
+    def signing_secret(self) -> bytes:
+        return self.secrets[0]
 
     @property
     def effective_runner_id(self) -> str:
@@ -113,6 +156,29 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             return str(configured).rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{getattr(self, f'{service}_port')}"
+
+
+def check_deployment(settings: Settings) -> None:
+    """Refuse what is unsafe on the internet: a forgeable read-token key wherever tokens
+    guard one tenant from another, and open operator endpoints in production."""
+    if settings.env == "production" and not (settings.admin_port or settings.admin_token):
+        raise SettingsError(
+            "SLUICE_ENV=production needs SLUICE_ADMIN_PORT or SLUICE_ADMIN_TOKEN:"
+            " /metrics and /dashboard must not be public"
+        )
+    if not (settings.auth_enabled or settings.env == "production"):
+        return
+    why = "SLUICE_SECRET is required when SLUICE_API_KEYS is set or SLUICE_ENV=production"
+    if not settings.secret.strip():
+        raise SettingsError(f"{why}: it is unset")
+    for position, secret in enumerate(settings.secrets, 1):
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"{why}: entry {position} is {len(secret)} bytes, at least {MIN_SECRET_BYTES}"
+                " are required (e.g. `openssl rand -hex 32`)"
+            )
+        if secret.decode() in KNOWN_PLACEHOLDERS:
+            raise SettingsError(f"{why}: entry {position} is a published development value")
 
 
 def _decode_field(name: str, raw: str) -> Any:
@@ -130,13 +196,20 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             try:
                 values[field.name] = _decode_field(field.name, env[variable])
             except msgspec.DecodeError as exc:
-                raise SettingsError(f"{variable}={env[variable]!r}: {exc}") from None
-    shown = {name: env.get(PREFIX + name.upper(), value) for name, value in values.items()}
+                shown_value = _shown(field.name, env[variable])
+                raise SettingsError(f"{variable}={shown_value!r}: {exc}") from None
+    shown = {name: _shown(name, env[PREFIX + name.upper()]) for name in values}
     values.update(overrides)
     try:
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_name_variable(str(exc), shown | overrides)) from None
+        shown |= {name: _shown(name, value) for name, value in overrides.items()}
+        raise SettingsError(_name_variable(str(exc), shown)) from None
+
+
+def _shown(name: str, value: Any) -> Any:
+    """The value as an error message may show it: secrets are replaced by a marker."""
+    return "<redacted>" if name in SECRET_VARIABLES else value
 
 
 def _name_variable(message: str, values: Mapping[str, Any]) -> str:

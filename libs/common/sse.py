@@ -1,6 +1,7 @@
 """Server-Sent Events: the frames the streamer writes and a WHATWG-conformant parser.
 
-The parser serves the tests, the benchmark and ``sluice`` clients; it follows the
+The parser serves the tests, the benchmark, ``sluice`` clients and the runner's OpenAI
+backend; it follows the
 HTML spec's "event stream interpretation" (BOM, CR/LF/CRLF, comments, ``id`` without
 NUL, ``retry`` digits only, an event with no data is not dispatched).
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -21,13 +24,23 @@ RESPONSE_HEADERS = {
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-class TokenData(msgspec.Struct):
-    """The JSON of a native ``token`` event."""
+class ToolCallRef(msgspec.Struct, omit_defaults=True):
+    """Which tool call a ``token`` event's text (an argument fragment) belongs to."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+
+
+class TokenData(msgspec.Struct, omit_defaults=True):
+    """The JSON of a native ``token`` event; ``channel`` is absent for answer text."""
 
     seq: int
     n: int
     text: str
     ts: int
+    channel: str | None = None
+    tool_call: ToolCallRef | None = None
 
 
 _json = msgspec.json.Encoder()
@@ -64,14 +77,20 @@ class Event(msgspec.Struct, frozen=True):
     last_event_id: str
     retry: int | None = None
 
-    def json(self) -> object:
+    def json(self) -> Any:
+        """The data as JSON, of whatever shape the event type promises."""
         return msgspec.json.decode(self.data)
 
 
 class SSEParser:
-    """Incremental event-stream parser: ``feed`` bytes, get the events they complete."""
+    """Incremental event-stream parser: ``feed`` bytes, get the events they complete.
 
-    def __init__(self) -> None:
+    The spec ignores a field it does not know; ``on_unknown_field``, if given, is called
+    with such a line first, so a client can tell a body that is not an event stream at all.
+    """
+
+    def __init__(self, on_unknown_field: Callable[[str], None] | None = None) -> None:
+        self._on_unknown_field = on_unknown_field
         self._buffer = ""
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._decoder_started = False
@@ -112,8 +131,11 @@ class SSEParser:
             elif name == "id":
                 if "\x00" not in value:
                     self.last_event_id = value
-            elif name == "retry" and value.isascii() and value.isdigit():
-                self.retry = int(value)
+            elif name == "retry":
+                if value.isascii() and value.isdigit() and len(value) < 16:
+                    self.retry = int(value)
+            elif name and self._on_unknown_field is not None:
+                self._on_unknown_field(line)
             # any other name, and a comment (a line starting with ":"), is ignored
         return events
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import msgspec
 import redis.asyncio as aioredis
@@ -103,6 +103,39 @@ class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     traceparent: str = ""
 
 
+class MetaFields(TypedDict, total=False):
+    """A partial write of :class:`StreamMeta`: the same names, checked by mypy and at run time.
+
+    ``None`` leaves a field as it is.
+    """
+
+    status: str
+    tenant: str
+    model: str
+    conversation_id: str
+    runner_id: str
+    tokens: int
+    finish_reason: str
+    created_ns: int
+    started_ns: int
+    first_token_ns: int
+    finished_ns: int
+    ttft_ms: float | None
+    duration_ms: float | None
+    abandon_after_s: float | None
+    cancel_requested_ns: int
+    cancel_reason: str
+    tokens_after_cancel: int | None
+    cancel_to_stop_ms: float | None
+    error_type: str
+    error_message: str
+    tokens_unread: int | None
+    traceparent: str
+
+
+_META_FIELDS = frozenset(StreamMeta.__struct_fields__)
+
+
 class Admission(msgspec.Struct, frozen=True):
     """What admitting did: the tenant's active streams after it; the conversation's last."""
 
@@ -123,6 +156,14 @@ class Feedback(msgspec.Struct, frozen=True):
 
 def _as_fields(values: dict[str, Any]) -> dict[Any, Any]:
     return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def _meta_fields(fields: MetaFields) -> dict[Any, Any]:
+    """The hash fields to write; a name that :class:`StreamMeta` lacks is a TypeError."""
+    unknown = fields.keys() - _META_FIELDS
+    if unknown:
+        raise TypeError(f"not fields of the stream meta: {', '.join(sorted(unknown))}")
+    return _as_fields(dict(fields))
 
 
 def _text(value: bytes | str) -> str:
@@ -201,8 +242,8 @@ class StreamStore:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return msgspec.convert(fields, StreamMeta, strict=False)
 
-    async def update(self, stream_id: str, **fields: Any) -> None:
-        await self.redis.hset(names.meta_key(stream_id), mapping=_as_fields(fields))
+    async def update(self, stream_id: str, **fields: Unpack[MetaFields]) -> None:
+        await self.redis.hset(names.meta_key(stream_id), mapping=_meta_fields(fields))
 
     async def append(self, entries: list[tuple[str, TokenBatch, bytes]]) -> None:
         """Log batches of any number of streams in one command.
@@ -294,7 +335,7 @@ class StreamStore:
         return (reason or b"").decode(), int(requested or 0)
 
     async def finish(
-        self, stream_id: str, terminal: Done | Failed, payload: bytes, **fields: Any
+        self, stream_id: str, terminal: Done | Failed, payload: bytes, **fields: Unpack[MetaFields]
     ) -> bool:
         """End the stream once: log the terminal entry, set meta, start the TTL clock.
 
@@ -307,7 +348,7 @@ class StreamStore:
         if tenant is not None:
             await self.redis.srem(names.tenant_active_key(_text(tenant)), stream_id)
         now = time.time_ns()
-        pairs = [item for pair in _as_fields(fields).items() for item in pair]
+        pairs = [item for pair in _meta_fields(fields).items() for item in pair]
         won = await self._durably(
             self._finish,
             [names.meta_key(stream_id), names.log_key(stream_id)],

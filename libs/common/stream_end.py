@@ -8,14 +8,14 @@ between placement and subscription).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Unpack
 
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
 from libs.common.api import FINAL_STATUSES
 from libs.common.retry import retry_forever
-from libs.common.store import StreamStore
+from libs.common.store import MetaFields, StreamStore
 from libs.common.wire import (
     Cancel,
     Done,
@@ -42,21 +42,26 @@ async def request_cancel(nc: NATS, store: StreamStore, stream_id: str, reason: s
 
 
 async def end_stream(
-    nc: NATS, store: StreamStore, stream_id: str, terminal: Done | Failed, **fields: Any
+    nc: NATS,
+    store: StreamStore,
+    stream_id: str,
+    terminal: Done | Failed,
+    **fields: Unpack[MetaFields],
 ) -> bool:
     """Write the stream's end once and announce it; False if it had already ended."""
-    status = status_of(terminal)
+    status = fields["status"] = status_of(terminal)
     if isinstance(terminal, Done):
         fields.setdefault("finish_reason", terminal.finish_reason)
     else:
-        fields |= {"finish_reason": "error", "error_type": terminal.type}
-        fields |= {"error_message": terminal.message}
+        fields["finish_reason"] = "error"
+        fields["error_type"] = terminal.type
+        fields["error_message"] = terminal.message
     payload = tokens_codec.encode(terminal)
     won = False
 
     async def write() -> None:
         nonlocal won
-        won = await store.finish(stream_id, terminal, payload, status=status, **fields)
+        won = await store.finish(stream_id, terminal, payload, **fields)
 
     await retry_forever(write, "log finish", stream_id)
     if not won:

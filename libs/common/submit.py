@@ -16,7 +16,9 @@ from opentelemetry.trace import SpanKind
 from libs.common import names, tracing
 from libs.common.api import StreamRequest
 from libs.common.auth import new_stream_id
+from libs.common.connections import RedisClient
 from libs.common.errors import InvalidRequest, Unavailable, from_type
+from libs.common.prompts import park_if_large
 from libs.common.settings import Settings
 from libs.common.wire import Accepted, Rejected, Submit, submit_codec, submit_reply_codec
 
@@ -42,8 +44,8 @@ def build_submit(
         id=new_stream_id(),
         tenant=tenant,
         model=request.model,
-        messages=request.chat_messages(),
-        prompt=request.prompt_text,
+        prompt=request.prompt,
+        messages=request.messages,
         max_tokens=request.max_tokens,
         created_ns=time.time_ns(),
         conversation_id=request.conversation_id,
@@ -52,15 +54,18 @@ def build_submit(
         abandon_after_s=request.resolved_abandon_after_s(default_abandon_s),
         sim=request.sim,
         sampling=request.sampling,
+        tooling=request.tooling,
     )
 
 
-async def submit(nc: NATS, settings: Settings, message: Submit) -> Accepted:
+async def submit(nc: NATS, redis: RedisClient, settings: Settings, message: Submit) -> Accepted:
     """Hand the stream to a coordinator; its refusal becomes the matching error.
 
-    The stream's trace starts here, and travels to the coordinator in the headers.
+    The stream's trace starts here, and travels to the coordinator in the headers. A
+    large prompt is parked in Redis first (see :mod:`libs.common.prompts`).
     """
     with tracing.stream_span("submit", message.id, kind=SpanKind.CLIENT):
+        message = await park_if_large(redis, message, settings.log_ttl_s)
         try:
             reply = await nc.request(
                 names.SUBMIT,

@@ -11,7 +11,9 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from libs.common.api import Message, Sampling, SimParams
+from libs.common.api import Message, Sampling, SimParams, chat_messages, prompt_text
+from libs.common.channels import Channels, ToolCall
+from libs.common.tooling import ToolParams
 
 
 class Wire(msgspec.Struct, frozen=True, tag_field="k"):
@@ -24,16 +26,32 @@ class Submit(Wire, tag="submit", frozen=True):
     id: str
     tenant: str
     model: str
-    messages: list[Message]
-    prompt: str
     max_tokens: int
     created_ns: int
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    parked: bool = False
     conversation_id: str | None = None
     supersede: bool = False
     debounce_ms: int = 0
     abandon_after_s: float | None = 30.0
     sim: SimParams | None = None
     sampling: Sampling | None = None
+    tooling: ToolParams | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        return prompt_text(self.prompt, self.messages)
+
+    def chat_messages(self) -> list[Message]:
+        return chat_messages(self.prompt, self.messages)
+
+
+class PromptBody(Wire, tag="prompt", frozen=True):
+    """A large request's prompt or messages, parked in Redis beside a :class:`Submit`."""
+
+    prompt: str | None = None
+    messages: list[Message] | None = None
 
 
 class Accepted(Wire, tag="accepted", frozen=True):
@@ -85,12 +103,16 @@ class Refused(Wire, tag="refused", frozen=True):
 StartReply = Started | Refused
 
 
-class TokenBatch(Wire, tag="t", frozen=True):
-    """Tokens ``first .. first+len(texts)-1``; ``ts`` is the runner's emit time of the first (ns)."""
+class TokenBatch(Wire, tag="t", frozen=True, omit_defaults=True):
+    """Tokens ``first .. first+len(texts)-1``; ``ts`` is the runner's emit time of the first (ns).
+
+    ``channels`` is absent when every token is answer text (see :mod:`libs.common.channels`).
+    """
 
     first: int
     texts: list[str]
     ts: int
+    channels: Channels | None = None
 
     @property
     def last(self) -> int:
@@ -108,6 +130,8 @@ class Done(Wire, tag="done", frozen=True, omit_defaults=True):
     cancel_to_stop_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Failed(Wire, tag="failed", frozen=True):
@@ -166,6 +190,7 @@ class Codec(Generic[T]):
 
 
 submit_codec: Codec[Submit] = Codec(Submit)
+prompt_codec: Codec[PromptBody] = Codec(PromptBody)
 submit_reply_codec: Codec[SubmitReply] = Codec(SubmitReply)
 heartbeat_codec: Codec[RunnerHeartbeat] = Codec(RunnerHeartbeat)
 start_codec: Codec[Start] = Codec(Start)

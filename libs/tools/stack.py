@@ -32,6 +32,11 @@ def wait_ready(
     raise ServerError(f"{what} not ready within {timeout_s}s")
 
 
+def page_origins(gateway_port: int) -> str:
+    """The origins of the gateway's own chat page, which reads SSE from another port."""
+    return f"http://127.0.0.1:{gateway_port},http://localhost:{gateway_port}"
+
+
 @dataclass
 class Service:
     name: str
@@ -103,6 +108,7 @@ class Stack:
         ports = ports or {name: free_port() for name in SERVICES}
         self.env.setdefault("SLUICE_PUBLIC_STREAMER_URL", f"http://127.0.0.1:{ports['streamer']}")
         self.env.setdefault("SLUICE_PUBLIC_GATEWAY_URL", f"http://127.0.0.1:{ports['gateway']}")
+        self.env.setdefault("SLUICE_CORS_ORIGINS", page_origins(ports["gateway"]))
         for name in SERVICES:
             self.add(name, ports[name])
         self.wait_ready()

@@ -6,13 +6,13 @@ draws it with plain ANSI escapes, so it needs no curses and works over any SSH.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import urllib.request
 
 from libs.common.settings import load_settings
 from libs.common.stats import Dashboard, Percentiles, dashboard_decoder
+from libs.tools import helptext
 
 CLEAR = "\x1b[H\x1b[2J"
 BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
@@ -84,7 +84,7 @@ def render(d: Dashboard, color: bool = True) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sluice top", description=__doc__)
+    parser = helptext.parser("sluice top", __doc__)
     parser.add_argument("--gateway", help="the gateway's URL (default: SLUICE_PUBLIC_GATEWAY_URL)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     parser.add_argument("--once", action="store_true", help="print one screen and exit")

@@ -24,6 +24,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry.trace import SpanKind
 
 from libs.common import metrics, names, tracing
+from libs.common.api import FINAL_STATUSES
+from libs.common.boundary import classify
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.settings import Settings
 from libs.common.store import Admission, StreamMeta, StreamStore
@@ -47,6 +49,7 @@ from libs.common.wire import (
     submit_codec,
     submit_reply_codec,
 )
+from services.coordinator.fairness import TenantShares
 from services.coordinator.registry import RunnerRegistry
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,24 @@ START_TIMEOUT_S = 2.0
 POSITIONS_ANNOUNCED = 100
 
 
+AFFINITY_MAX = 100_000
+"""Conversations whose last runner is remembered (least recently used forgotten first)."""
+
+
 @dataclass(slots=True)
 class Waiting:
     submit: Submit
     admitted_mono: float
     ready: bool = False
     traceparent: str = ""
+
+    @property
+    def stream_id(self) -> str:
+        return self.submit.id
+
+    @property
+    def tenant(self) -> str:
+        return self.submit.tenant
 
 
 class Coordinator:
@@ -71,7 +86,8 @@ class Coordinator:
         self._store = store
         self.registry = RunnerRegistry(settings.runner_dead_after_s)
         self.waiting: OrderedDict[str, Waiting] = OrderedDict()
-        self._affinity: dict[str, str] = {}
+        self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.shares = TenantShares()
         self._positions: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._liveness: asyncio.Task[None] | None = None
@@ -81,6 +97,7 @@ class Coordinator:
         await self._nc.subscribe(names.SUBMIT, queue=names.COORDINATOR_QUEUE, cb=self._on_submit)
         await self._nc.subscribe(names.RUNNER_HEARTBEAT, cb=self._on_heartbeat)
         await self._nc.subscribe(names.ALL_CONTROL, cb=self._on_control)
+        await self._nc.subscribe(names.ALL_LIFECYCLE, cb=self._on_lifecycle)
         self._liveness = asyncio.create_task(self._liveness_loop())
         await self._nc.publish(names.RUNNER_ANNOUNCE, b"")
 
@@ -135,7 +152,7 @@ class Coordinator:
         await msg.respond(submit_reply_codec.encode(Accepted(status="queued", position=position)))
         previous = admission.previous
         if submit.supersede and previous and previous != submit.id:
-            await request_cancel(self._nc, self._store, previous, "superseded")
+            await self._supersede(previous, submit.tenant)
         if submit.debounce_ms:
             await asyncio.sleep(submit.debounce_ms / 1000)
         entry = self.waiting.get(submit.id)
@@ -143,6 +160,14 @@ class Coordinator:
             entry.ready = True
             metrics.coordinator_queue_depth.add(1)
             self._pump()
+
+    async def _supersede(self, previous: str, tenant: str) -> None:
+        """Cancel the conversation's previous stream, if it is this tenant's own."""
+        meta = await self._store.meta(previous)
+        if meta is None or meta.tenant != tenant:
+            log.warning("not superseding another tenant's stream", extra={"stream_id": previous})
+            return
+        await request_cancel(self._nc, self._store, previous, "superseded")
 
     async def _refuse(self, msg: Msg, verdict: Rejected) -> None:
         metrics.coordinator_rejections.add(1, {"reason": verdict.type})
@@ -180,8 +205,10 @@ class Coordinator:
         try:
             admission = await self._store.admit(submit.id, meta, limit)
         except TRANSIENT as exc:
-            message = f"the stream store is unreachable ({exc!r}); retry shortly"
-            return Rejected(type="unavailable", message=message, retry_after_s=1)
+            error = classify(exc)
+            return Rejected(
+                type=error.type, message=error.message, retry_after_s=error.retry_after_s
+            )
         if not admission.admitted:
             return Rejected(
                 type="rate_limited",
@@ -190,16 +217,24 @@ class Coordinator:
             )
         return admission
 
+    def _tenant_cap(self) -> int | None:
+        """Running streams a tenant may hold: ``SLUICE_TENANT_MAX_RUNNING``, or by default
+        half the live slots when there are tenants to share them (API keys on)."""
+        if self.settings.tenant_max_running:
+            return self.settings.tenant_max_running
+        return max(1, self._total_slots() // 2) if self.settings.auth_enabled else None
+
     def _pump(self) -> None:
-        """Place ready streams, oldest first, while some runner has room."""
-        for stream_id, entry in list(self.waiting.items()):
-            if not entry.ready:
-                continue
-            preferred = self._affinity.get(entry.submit.conversation_id or "")
-            runner = self.registry.choose(entry.submit.model, preferred)
+        """Place ready streams, in fair order between tenants, while some runner has room."""
+        ready = (entry for entry in self.waiting.values() if entry.ready)
+        for entry in self.shares.order(ready, self._tenant_cap()):
+            stream_id, submit = entry.stream_id, entry.submit
+            preferred = self._affinity.get((submit.tenant, submit.conversation_id or ""))
+            runner = self.registry.choose(submit.model, preferred)
             if runner is None:
                 break
             runner.reserved += 1
+            self.shares.placed(stream_id, submit.tenant, runner.runner_id)
             del self.waiting[stream_id]
             metrics.coordinator_queue_depth.add(-1)
             context = tracing.parent_of(entry.traceparent)
@@ -231,14 +266,23 @@ class Coordinator:
                 runner.running.append(submit.id)
             metrics.coordinator_queue_wait.record(queued_s)
             if submit.conversation_id:
-                self._affinity[submit.conversation_id] = runner_id
+                self._remember(submit.tenant, submit.conversation_id, runner_id)
             return
+        self.shares.ended(submit.id)
         if runner is not None:
             runner.slots_free = 0
         entry.ready = True
         self.waiting[submit.id] = entry
         self.waiting.move_to_end(submit.id, last=False)
         metrics.coordinator_queue_depth.add(1)
+
+    def _remember(self, tenant: str, conversation_id: str, runner_id: str) -> None:
+        """The conversation's runner, for its next stream; bounded, least recent out first."""
+        key = (tenant, conversation_id)
+        self._affinity[key] = runner_id
+        self._affinity.move_to_end(key)
+        if len(self._affinity) > AFFINITY_MAX:
+            self._affinity.popitem(last=False)
 
     def _announce_positions(self, again: bool = False) -> None:
         """Publish queue positions that changed; ``again`` repeats them all.
@@ -265,10 +309,20 @@ class Coordinator:
             del self._positions[stream_id]
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        self.registry.beat(heartbeat_codec.decode(msg.data))
+        beat = heartbeat_codec.decode(msg.data)
+        self.registry.beat(beat)
+        if beat.full:
+            self.shares.reconcile(beat.runner_id, beat.running)
         self._count_runners()
         if self.queued:
             self._pump()
+
+    async def _on_lifecycle(self, msg: Msg) -> None:
+        """A stream this coordinator placed ended: its tenant may run another."""
+        if lifecycle_codec.decode(msg.data).status in FINAL_STATUSES:
+            self.shares.ended(names.stream_id_of(msg.subject))
+            if self.queued:
+                self._pump()
 
     async def _on_control(self, msg: Msg) -> None:
         message = control_codec.decode(msg.data)

@@ -1,4 +1,4 @@
-"""Gateway HTTP surface: create, inspect and cancel streams; the control WebSocket."""
+"""Gateway HTTP surface: create, inspect and cancel streams; the control WebSocket; the chat page."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from libs.common.api import decode_request
-from libs.common.http import json_response, read_body, request_tenant
+from libs.common.control_frames import HARD_FRAME_BYTES
+from libs.common.http import LIMITS, json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
 from libs.common.store import stream_store
-from services.gateway import dashboard
-from services.gateway.control_socket import HARD_FRAME_BYTES, ControlSession
+from services.gateway import dashboard, ui
+from services.gateway.control_socket import ControlSession
 from services.gateway.streams import Streams
 
 STREAMS = web.AppKey("streams", Streams)
@@ -41,10 +42,13 @@ async def cancel_stream(request: web.Request) -> web.Response:
 
 
 async def control(request: web.Request) -> web.WebSocketResponse:
-    tenant = request_tenant(request, request.app[SETTINGS])
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=HARD_FRAME_BYTES)
-    await ws.prepare(request)
-    await ControlSession(ws, request.app[STREAMS], request.app[NATS_CLIENT], tenant).run()
+    settings, limits = request.app[SETTINGS], request.app[LIMITS]
+    tenant = request_tenant(request, settings, query_key=True)
+    with limits.connection("WebSockets", tenant, settings.tenant_max_sockets):
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=HARD_FRAME_BYTES)
+        await ws.prepare(request)
+        streams, nc = request.app[STREAMS], request.app[NATS_CLIENT]
+        await ControlSession(ws, streams, nc, tenant, limits).run()
     return ws
 
 
@@ -63,4 +67,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/streams/{id}/cancel", cancel_stream)
     app.router.add_get("/v1/control", control)
     dashboard.add_routes(app)
+    ui.add_routes(app)
     return app

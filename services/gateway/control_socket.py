@@ -1,9 +1,8 @@
 """``/v1/control``: the WebSocket control channel beside the SSE data channel.
 
 Each socket has its own bounded outbox and sender task, so NATS callbacks that
-report status changes never await the client. Malformed, oversized or too-frequent
-frames are answered with an ``error`` frame and the socket stays open; a frame past
-:data:`HARD_FRAME_BYTES` is not even read, and aiohttp closes the socket (1009).
+report status changes never await the client. What a frame must be, and how a bad one
+is answered, is :mod:`libs.common.control_frames`, shared with the streamer's sockets.
 
 Status changes of a stream are subscribed to before the frame that concerns it is
 acted on (so none is missed) and held until that frame's ``ack`` has gone out (so
@@ -13,64 +12,54 @@ the client always hears of a stream before it hears of its status).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 
-import msgspec
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from libs.common import names
+from libs.common import best_effort, names
 from libs.common.api import (
     FINAL_STATUSES,
     AckFrame,
     CancelFrame,
     ClientFrame,
-    ErrorBody,
-    ErrorFrame,
-    FeedbackFrame,
     PingFrame,
     PongFrame,
     ServerFrame,
     StatusFrame,
     SubmitFrame,
-    decode_frame,
-    frame_ref,
 )
-from libs.common.errors import InvalidRequest, RateLimited, SluiceError, TooLarge
+from libs.common.control_frames import (
+    FRAME_BURST,
+    FRAMES_PER_S,
+    answer,
+    encode,
+    forward,
+)
+from libs.common.errors import SluiceError
+from libs.common.limits import TenantLimits, TokenBucket
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import lifecycle_codec
 from services.gateway.streams import Streams
 
-MAX_FRAME_BYTES = 64 * 1024
-HARD_FRAME_BYTES = 4 * MAX_FRAME_BYTES
-FRAMES_PER_S = 20.0
-FRAME_BURST = 40.0
 OUTBOX = 1024
-_json = msgspec.json.Encoder()
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class ControlSession:
-    def __init__(self, ws: web.WebSocketResponse, streams: Streams, nc: NATS, tenant: str) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        streams: Streams,
+        nc: NATS,
+        tenant: str,
+        limits: TenantLimits,
+    ) -> None:
         self._ws = ws
+        self._limits = limits
         self._streams = streams
         self._nc = nc
         self._tenant = tenant
@@ -101,28 +90,14 @@ class ControlSession:
         while True:
             frame = await self._outbox.get()
             try:
-                await self._ws.send_str(_json.encode(frame).decode())
+                await self._ws.send_str(encode(frame))
             except ConnectionError:
                 return
 
     async def _receive(self, data: str | bytes) -> None:
-        ref = None
-        try:
-            if len(data) > MAX_FRAME_BYTES:
-                raise TooLarge(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
-            if not self._bucket.take():
-                raise RateLimited(f"more than {FRAMES_PER_S:g} frames/s", retry_after_s=1)
-            try:
-                frame = decode_frame(data)
-            except InvalidRequest:
-                ref = frame_ref(data)
-                raise
-            ref = frame.ref
-            for reply in await self._handle(frame):
-                self.send(reply)
-        except SluiceError as exc:
-            error = ErrorBody(type=exc.type, message=exc.message)
-            self.send(ErrorFrame(error=error, ref=ref, retry_after_s=exc.retry_after_s))
+        admit = partial(self._limits.frame, self._tenant)
+        for reply in await answer(data, self._bucket, admit, self._handle):
+            self.send(reply)
 
     async def _handle(self, frame: ClientFrame) -> list[ServerFrame]:
         if isinstance(frame, PingFrame):
@@ -131,11 +106,7 @@ class ControlSession:
             return await self._submit(frame)
         if isinstance(frame, CancelFrame):
             return await self._cancel(frame)
-        if isinstance(frame, FeedbackFrame):
-            await self._streams.feedback(self._tenant, frame.stream_id, frame.rating, frame.comment)
-        else:
-            await self._streams.pace(self._tenant, frame.stream_id, frame.max_events_per_s)
-        return [AckFrame(ref=frame.ref, stream_id=frame.stream_id)]
+        return [await forward(self._streams, self._tenant, frame)]
 
     async def _submit(self, frame: SubmitFrame) -> list[ServerFrame]:
         message = self._streams.prepare(self._tenant, frame)
@@ -190,8 +161,7 @@ class ControlSession:
         self._held.pop(stream_id, None)
         subscription = self._watches.pop(stream_id, None)
         if subscription is not None:
-            with suppress(Exception):
-                await subscription.unsubscribe()
+            await best_effort.unsubscribe(subscription, stream_id)
 
     def _reporter(self, stream_id: str) -> Callable[[Msg], Awaitable[None]]:
         async def report(msg: Msg) -> None:

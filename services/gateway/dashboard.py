@@ -144,7 +144,7 @@ function render(d) {
 }
 async function poll() {
   try {
-    const answer = await fetch("dashboard/stats", {cache: "no-store"});
+    const answer = await fetch("dashboard/stats" + location.search, {cache: "no-store"});
     if (!answer.ok) throw new Error(answer.status);
     render(await answer.json());
     setText("state", "live"); document.getElementById("state").className = "";

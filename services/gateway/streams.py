@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
-from nats.aio.client import Client as NATS
-
-from libs.common import names
 from libs.common.api import CreatedStream, ErrorBody, StreamInfo, StreamRequest
-from libs.common.auth import is_stream_id, mint_read_token
-from libs.common.errors import NotFound
-from libs.common.settings import Settings
-from libs.common.store import Feedback, StreamMeta, StreamStore
-from libs.common.stream_end import request_cancel
+from libs.common.auth import mint_read_token
+from libs.common.store import StreamMeta
+from libs.common.stream_control import StreamControl
 from libs.common.submit import NATIVE_ABANDON_S, build_submit, submit
-from libs.common.wire import Pace, Submit, control_codec
+from libs.common.wire import Submit
 
 
-class Streams:
-    def __init__(self, settings: Settings, nc: NATS, store: StreamStore) -> None:
-        self.settings = settings
-        self._nc = nc
-        self.store = store
+class Streams(StreamControl):
+    """Creating and describing streams, beside the orders any plane takes."""
 
     async def create(self, tenant: str, request: StreamRequest) -> CreatedStream:
         return await self.admit(self.prepare(tenant, request))
@@ -32,12 +22,9 @@ class Streams:
 
     async def admit(self, message: Submit) -> CreatedStream:
         """Hand a prepared stream to a coordinator; the answer of POST /v1/streams."""
-        accepted = await submit(self._nc, self.settings, message)
+        accepted = await submit(self._nc, self.store.redis, self.settings, message)
         token = mint_read_token(
-            self.settings.effective_secret,
-            message.id,
-            message.tenant,
-            self.settings.read_token_ttl_s,
+            self.settings.signing_secret, message.id, self.settings.read_token_ttl_s
         )
         streamer = self.settings.public_url("streamer")
         return CreatedStream(
@@ -50,36 +37,11 @@ class Streams:
             position=accepted.position,
         )
 
-    async def meta(self, tenant: str, stream_id: str) -> StreamMeta:
-        """The stream's meta, or 404 if it does not exist for this tenant."""
-        meta = await self.store.meta(stream_id) if is_stream_id(stream_id) else None
-        if meta is None or meta.tenant != tenant:
-            raise NotFound(f"no stream {stream_id!r}")
-        return meta
-
     async def info(self, tenant: str, stream_id: str) -> StreamInfo:
         meta = await self.meta(tenant, stream_id)
         if meta.status == "running":
             meta.tokens = await self.store.logged_tokens(stream_id)
         return describe(stream_id, meta)
-
-    async def cancel(self, tenant: str, stream_id: str) -> StreamMeta:
-        """Ask the stream to stop; idempotent, and a finished stream is left as it is."""
-        meta = await self.meta(tenant, stream_id)
-        await request_cancel(self._nc, self.store, stream_id, "cancelled")
-        return meta
-
-    async def feedback(self, tenant: str, stream_id: str, rating: int, comment: str) -> None:
-        """Keep a client's rating of a stream, durably, beside the streams themselves."""
-        await self.meta(tenant, stream_id)
-        feedback = Feedback(tenant, stream_id, rating, comment, ts=time.time_ns())
-        await self.store.record_feedback(feedback, self.settings.feedback_maxlen)
-
-    async def pace(self, tenant: str, stream_id: str, max_events_per_s: float) -> None:
-        """Cap the frames per second of the stream's readers, on whichever streamers hold them."""
-        await self.meta(tenant, stream_id)
-        pace = control_codec.encode(Pace(max_events_per_s=max_events_per_s))
-        await self._nc.publish(names.stream_subject(stream_id, "control"), pace)
 
 
 def _seconds(ns: int) -> float | None:

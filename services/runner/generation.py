@@ -17,10 +17,13 @@ from collections import deque
 from nats.aio.client import Client as NATS
 
 from libs.common import metrics, names
-from libs.common.errors import SluiceError
+from libs.common.boundary import log_with_correlation_id, with_detail_logged
+from libs.common.channels import Channel, ToolCallAccumulator, ToolCallDelta
+from libs.common.errors import SluiceError, UpstreamError
+from libs.common.prompts import fetch_parked
 from libs.common.retry import retry_forever
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import MetaFields, StreamStore
 from libs.common.stream_end import end_stream
 from libs.common.wire import (
     Done,
@@ -62,6 +65,7 @@ class Generation:
         self._buffer = TokenBuffer(self.id)
         self._recent: deque[int] = deque(maxlen=RECENT_STAMPS)
         self._producer: asyncio.Task[None] | None = None
+        self._tool_calls = ToolCallAccumulator()
         self.outcome = Outcome()
         self.count = 0
         self.unread = 0
@@ -85,6 +89,9 @@ class Generation:
         self.read_until = max(self._leases.values())
         if lease.readers:
             self.unread = 0  # a reader (back) reads from the log what no one read meanwhile
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.started_mono
 
     def idle_s(self) -> float:
         """Seconds no one has read this stream (counted from its start if no one ever did)."""
@@ -120,15 +127,19 @@ class Generation:
             return
         reason, requested_ns = state
         await self._publish_lifecycle(StatusChange(status="running", runner_id=self._runner_id))
-        self._producer = asyncio.create_task(
-            self._backend.generate(self.submit, self.outcome, self)
-        )
+        self._producer = asyncio.create_task(self._generate())
         if reason:
             self.cancel(reason, requested_ns)
         await asyncio.wait([self._producer])
         stopped_ns = time.time_ns()
         await self._log.drain(self._buffer)
         await self._finish(self._terminal(stopped_ns))
+
+    async def _generate(self) -> None:
+        self.submit = await retry_forever(
+            lambda: fetch_parked(self._store.redis, self.submit), "fetch the prompt", self.id
+        )
+        await self._backend.generate(self.submit, self.outcome, self)
 
     def push(self, text: str) -> None:
         """The backend's next token (the :class:`~services.runner.backends.TokenSink` side)."""
@@ -145,6 +156,13 @@ class Generation:
         self._recent.append(now)
         self._log.push(self._buffer, text, now)
 
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """The backend's next token, of the reasoning or a tool call's arguments."""
+        if isinstance(channel, ToolCallDelta):
+            self._tool_calls.add(channel, text)
+        self.push(text)
+        self._log.set_channel(self._buffer, channel)
+
     def full(self) -> bool:
         return self._buffer.full
 
@@ -155,7 +173,7 @@ class Generation:
         assert self._producer is not None
         ttft_ms = (self.first_token_ns - self.started_ns) / 1e6 if self.first_token_ns else None
         duration_ms = (stopped_ns - self.started_ns) / 1e6
-        if self.cancel_reason is not None:
+        if self.cancel_reason is not None:  # a call cut short is no call: no tool_calls
             return Done(
                 finish_reason=self.cancel_reason,
                 tokens=self.count,
@@ -173,26 +191,24 @@ class Generation:
                 duration_ms=duration_ms,
                 prompt_tokens=self.outcome.prompt_tokens,
                 completion_tokens=self.outcome.completion_tokens,
+                reasoning_tokens=self.outcome.reasoning_tokens,
+                tool_calls=self._tool_calls.calls() or None,
             )
-        if isinstance(error, SluiceError):
-            return Failed(
-                type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
-            )
-        log.error("backend failed", exc_info=error, extra={"stream_id": self.id})
+        if not isinstance(error, SluiceError):
+            correlation_id = log_with_correlation_id("backend failed", error)
+            error = UpstreamError(f"the model backend failed (correlation id {correlation_id})")
+        error = with_detail_logged(error)
         return Failed(
-            type="upstream_error",
-            message=f"model backend failed: {error}",
-            retryable=True,
-            tokens=self.count,
+            type=error.type, message=error.message, retryable=error.retryable, tokens=self.count
         )
 
     async def _finish(self, terminal: Done | Failed) -> None:
-        fields: dict[str, object] = {
-            "tokens": self.count,
-            "ttft_ms": getattr(terminal, "ttft_ms", None),
-            "duration_ms": getattr(terminal, "duration_ms", None),
-            "tokens_unread": self.unread,
-        }
+        fields = MetaFields(
+            tokens=self.count,
+            ttft_ms=getattr(terminal, "ttft_ms", None),
+            duration_ms=getattr(terminal, "duration_ms", None),
+            tokens_unread=self.unread,
+        )
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
@@ -204,12 +220,24 @@ class Generation:
         metrics.runner_stream_duration.record(duration_s)
         if self.count and duration_s > 0:
             metrics.runner_tokens_per_s.record(self.count / duration_s)
+        if isinstance(terminal, Done):
+            self._record_usage(terminal)
         if self.unread:
             metrics.tokens_wasted.add(self.unread, {"kind": "unread"})
         if isinstance(terminal, Done) and terminal.cancel_to_stop_ms is not None:
             metrics.cancel_to_stop.record(terminal.cancel_to_stop_ms / 1000)
             if terminal.tokens_after_cancel:
                 metrics.tokens_wasted.add(terminal.tokens_after_cancel, {"kind": "after_cancel"})
+
+    def _record_usage(self, done: Done) -> None:
+        usage = {
+            "prompt": done.prompt_tokens,
+            "completion": done.completion_tokens,
+            "reasoning": done.reasoning_tokens,
+        }
+        for kind, count in usage.items():
+            if count:
+                metrics.model_usage.add(count, {"model": self.submit.model, "kind": kind})
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         await retry_forever(lambda: self._nc.publish(subject, payload), "publish", self.id)

@@ -21,6 +21,7 @@ import asyncio
 import time
 
 from libs.common import metrics, names
+from libs.common.channels import Channel, Channels
 from libs.common.direct_nats import DirectNATS
 from libs.common.retry import TRANSIENT, retry_forever
 from libs.common.store import StreamStore
@@ -37,6 +38,7 @@ class TokenBuffer:
     """One stream's tokens that are not logged yet, and where its numbering stands."""
 
     __slots__ = (
+        "channels",
         "closing",
         "drained",
         "full",
@@ -56,6 +58,7 @@ class TokenBuffer:
         self.subject = names.stream_subject(stream_id, "tokens")
         self.texts: list[str] = []
         self.stamps: list[int] = []
+        self.channels: Channels | None = None  # None while every pending token is answer text
         self.numbered = 0
         self.last_flush = 0.0
         self.in_flight = False
@@ -96,11 +99,22 @@ class LogWriter:
         texts = buffer.texts
         texts.append(text)
         buffer.stamps.append(stamp)
+        if buffer.channels is not None:
+            buffer.channels.append(None)
         if len(texts) >= MAX_PENDING_TOKENS:
             buffer.space.clear()
             buffer.full = True
         if not (buffer.in_flight or buffer.scheduled):
             self._consider(buffer)
+
+    def set_channel(self, buffer: TokenBuffer, channel: Channel) -> None:
+        """Make the token just pushed one of ``channel`` rather than answer text.
+
+        It is still in ``buffer.texts``: tokens are only taken by the commit loop's task.
+        """
+        if buffer.channels is None:
+            buffer.channels = [None] * len(buffer.texts)
+        buffer.channels[-1] = channel
 
     async def drain(self, buffer: TokenBuffer) -> None:
         """Flush what is left now, whatever the window, and wait until it is published."""
@@ -151,20 +165,23 @@ class LogWriter:
         size = self._flush_tokens
         encode = tokens_codec.encode
         for buffer in buffers:
-            texts, stamps = buffer.texts, buffer.stamps
-            buffer.texts, buffer.stamps = [], []
+            texts, stamps, channels = buffer.texts, buffer.stamps, buffer.channels
+            buffer.texts, buffer.stamps, buffer.channels = [], [], None
             buffer.in_flight, buffer.last_flush = True, now
             if buffer.full:
                 buffer.space.set()
                 buffer.full = False
             first = buffer.numbered + 1
             if len(texts) <= size:  # the usual case: one entry, no copy
-                batch = TokenBatch(first=first, texts=texts, ts=stamps[0])
+                batch = TokenBatch(first=first, texts=texts, ts=stamps[0], channels=channels)
                 entries.append((buffer, batch, encode(batch)))
             else:
                 for offset in range(0, len(texts), size):
                     chunk = texts[offset : offset + size]
-                    batch = TokenBatch(first=first + offset, texts=chunk, ts=stamps[offset])
+                    kinds = None if channels is None else channels[offset : offset + size]
+                    batch = TokenBatch(
+                        first=first + offset, texts=chunk, ts=stamps[offset], channels=kinds
+                    )
                     entries.append((buffer, batch, encode(batch)))
             buffer.numbered += len(texts)
         return entries

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import suppress
 from functools import partial
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from libs.common import metrics, names, tracing
+from libs.common import best_effort, metrics, names, tracing
 from libs.common.direct_nats import DirectNATS
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
@@ -133,8 +132,7 @@ class Runner:
             del self.generations[generation.id]
             metrics.runner_slots_in_use.add(-1)
             for subscription in self._subscriptions.pop(generation.id, []):
-                with suppress(Exception):
-                    await subscription.unsubscribe()
+                await best_effort.unsubscribe(subscription, generation.id)
             self._changed()
 
     def _changed(self) -> None:
@@ -160,8 +158,7 @@ class Runner:
             stopping=self.stopping,
             full=full,
         )
-        with suppress(Exception):
-            await self._nc.publish(names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))
+        await best_effort.publish(self._nc, names.RUNNER_HEARTBEAT, heartbeat_codec.encode(beat))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -169,13 +166,16 @@ class Runner:
             await self.heartbeat()
 
     async def _watchdog_loop(self) -> None:
-        """Cancel generations no one has read for their ``abandon_after_s``."""
+        """Cancel generations no one has read for their ``abandon_after_s``, and end those
+        that ran ``SLUICE_MAX_STREAM_S`` (finish reason ``length``): no slot is held forever."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             for generation in list(self.generations.values()):
                 limit = generation.submit.abandon_after_s
                 if limit is not None and generation.idle_s() > limit:
                     generation.cancel("abandoned", time.time_ns())
+                elif generation.age_s() > self.settings.max_stream_s:
+                    generation.cancel("length", time.time_ns())
 
 
 def _on_control(generation: Generation, subject: str, data: bytes) -> None:

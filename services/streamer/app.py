@@ -1,4 +1,4 @@
-"""Streamer HTTP surface: the SSE data plane."""
+"""Streamer HTTP surface: the data plane, over SSE or a WebSocket per stream."""
 
 from __future__ import annotations
 
@@ -9,68 +9,36 @@ import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind
 
-from libs.common import metrics, sse, tracing
-from libs.common.api import FINAL_STATUSES
-from libs.common.auth import verify_read_token
-from libs.common.errors import InvalidRequest, Overloaded, Unavailable
-from libs.common.retry import TRANSIENT
+from libs.common import sse
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamMeta, StreamStore, stream_store
-from libs.common.wire import StatusChange
+from libs.common.store import stream_store
+from libs.common.stream_control import StreamControl
 from services.streamer import chat
+from services.streamer.delivery import Opening, deliver, held, open_reading, reader_for
+from services.streamer.frames import NATIVE_FRAMES
 from services.streamer.hub import Hub
-from services.streamer.keys import HUB, STORE
-from services.streamer.reader import EXPIRED, Reader, ReaderLimits
-
-
-def last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    if not raw.strip().isdigit():
-        raise InvalidRequest(f"Last-Event-ID must be a token index, got {raw!r}")
-    return int(raw)
-
-
-async def readable_meta(store: StreamStore, stream_id: str) -> StreamMeta | None:
-    """The stream's meta; None once it or its finished log is gone.
-
-    While Redis is out this is a retryable 503, never a stream that looks empty.
-    """
-    try:
-        meta = await store.meta(stream_id)
-        if meta and meta.status in FINAL_STATUSES and not await store.log_exists(stream_id):
-            return None
-    except TRANSIENT:
-        raise Unavailable("the stream log is unreachable; retry shortly", retry_after_s=1) from None
-    return meta
+from services.streamer.keys import CONTROL, HUB, STORE
+from services.streamer.reader import EXPIRED
+from services.streamer.stream_socket import stream_socket
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/streams/{id}/events``: status at once, then tokens, then done."""
-    settings, hub, store = request.app[SETTINGS], request.app[HUB], request.app[STORE]
-    stream_id = request.match_info["id"]
-    verify_read_token(settings.effective_secret, stream_id, request.query.get("token"))
-    after = last_event_id(request)
-    if hub.reader_count >= settings.max_connections:
-        raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
-    meta = await readable_meta(store, stream_id)
+    opening = await open_reading(request)
+    with held(request, opening):
+        return await _respond(request, opening)
+
+
+async def _respond(request: web.Request, opening: Opening) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse.RESPONSE_HEADERS)
     await response.prepare(request)
-    if meta is None:
+    if opening.meta is None:
         error = {"type": EXPIRED.type, "message": EXPIRED.message, "retryable": False}
         await response.write(sse.RETRY + sse.json_frame("error", error))
         return response
-    limits = ReaderLimits.from_settings(settings)
-    reader = Reader(stream_id, response, request.transport, store, after, limits)
-    if after:
-        metrics.streamer_resumes.add(1)
-    context = tracing.parent_of(meta.traceparent)
-    with tracing.stream_span("deliver", stream_id, context, SpanKind.SERVER):
-        await reader.open(StatusChange(status=meta.status))
-        async with hub.reading(reader):
-            await reader.serve()
+    await deliver(request, reader_for(request, opening, response, NATIVE_FRAMES), opening.meta)
     return response
 
 
@@ -87,6 +55,7 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     streamer_id = f"{socket.gethostname()}-{os.getpid()}"
     app[HUB] = Hub(app[NATS_CLIENT], streamer_id, settings.reader_lease_s)
     app[HUB].start()
+    app[CONTROL] = StreamControl(settings, app[NATS_CLIENT], app[STORE])
     yield
     await app[HUB].stop()
 
@@ -105,5 +74,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_tell_readers_to_reconnect)
     app.router.add_get("/v1/streams/{id}/events", events)
+    app.router.add_get("/v1/streams/{id}/ws", stream_socket)
     chat.add_routes(app)
     return app

@@ -16,18 +16,25 @@ from aiohttp import web
 
 from libs.common import metrics, sse
 from libs.common.auth import mint_read_token
+from libs.common.boundary import classify
 from libs.common.errors import Overloaded, SluiceError, Unavailable, from_type
-from libs.common.http import Handler, error_response, json_response, read_body, request_tenant
+from libs.common.http import (
+    LIMITS,
+    Handler,
+    error_response,
+    json_response,
+    read_body,
+    request_tenant,
+)
 from libs.common.openai_wire import (
     ChatCompletion,
     ChatRequest,
     CompletionChoice,
-    CompletionMessage,
     ModelCard,
     ModelList,
     decode_chat_request,
 )
-from libs.common.service import NATS_CLIENT, SETTINGS
+from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS
 from libs.common.submit import CHAT_ABANDON_S, build_submit, known_models, submit
 from libs.common.wire import Done, Failed, StatusChange, Submit
 from services.streamer.keys import HUB, STORE
@@ -78,7 +85,10 @@ def openai_errors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except SluiceError as error:
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            error = classify(exc)
             labels = {
                 "service": "streamer",
                 "type": error.type,
@@ -98,13 +108,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if request.app[HUB].reader_count >= settings.max_connections:
         raise Overloaded("this streamer holds its maximum of open streams", retry_after_s=1)
     message = build_submit(settings, tenant, body.stream_request(), CHAT_ABANDON_S)
-    token = mint_read_token(
-        settings.effective_secret, message.id, tenant, settings.read_token_ttl_s
-    )
+    token = mint_read_token(settings.signing_secret, message.id, settings.read_token_ttl_s)
     headers = {STREAM_ID_HEADER: message.id, READ_TOKEN_HEADER: token}
-    if body.stream:
-        return await _stream(request, body, message, headers)
-    return await _complete(request, body, message, headers)
+    with request.app[LIMITS].connection("streams", tenant, settings.tenant_max_sse):
+        if body.stream:
+            return await _stream(request, body, message, headers)
+        return await _complete(request, body, message, headers)
 
 
 def _reader(
@@ -123,7 +132,9 @@ async def _serve(
 ) -> str:
     """Subscribe, submit, then serve; subscribing first means no token is published unseen."""
     async with request.app[HUB].reading(reader):
-        accepted = await submit(request.app[NATS_CLIENT], request.app[SETTINGS], message)
+        accepted = await submit(
+            request.app[NATS_CLIENT], request.app[REDIS_CLIENT], request.app[SETTINGS], message
+        )
         if response is not None:
             await response.prepare(request)
         return await reader.serve(StatusChange(status=accepted.status))
@@ -134,7 +145,16 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**sse.RESPONSE_HEADERS, **headers})
     frames = ChunkFrames(message.id, body.model, body.include_usage)
-    await _serve(request, _reader(request, message.id, response, frames), message, response)
+    reader = _reader(request, message.id, response, frames)
+    try:
+        await _serve(request, reader, message, response)
+    except ConnectionError:
+        if not response.prepared:
+            raise
+    except Exception as exc:
+        if not response.prepared:
+            raise
+        await reader.fail(classify(exc))  # the headers are out: an error chunk, not a cut body
     return response
 
 
@@ -152,7 +172,7 @@ async def _complete(
         return openai_error_response(from_type(frames.end.type, frames.end.message), headers)
     if not isinstance(frames.end, Done):
         return web.Response(status=499)  # the client left; no one reads this
-    choice = CompletionChoice(CompletionMessage("".join(frames.texts)), frames.end.finish_reason)
+    choice = CompletionChoice(frames.answer(frames.end), frames.end.finish_reason)
     completion = ChatCompletion(
         id=message.id,
         created=message.created_ns // 1_000_000_000,

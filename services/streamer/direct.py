@@ -15,12 +15,21 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 FRESH_NS = 25_000_000
 STALE_FLUSH_S = 0.02  # one model interval at 50 tokens/s: stale frames carry ~2 tokens
 DRAIN_POLL_S = (0.001, 0.1)
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+Envelope = Callable[[bytes], bytes]
+"""What wraps a frame on its way to the transport: a chunk, WebSocket messages."""
+
+
+def chunk(frame: bytes) -> bytes:
+    """One chunk of a ``Transfer-Encoding: chunked`` body."""
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
 
 
 class LiveWriter(Protocol):
@@ -54,11 +63,11 @@ class LiveWrites:
 class ClientSocket:
     """The transport under a reader's response, for what the response itself cannot do."""
 
-    __slots__ = ("_transport", "chunked")
+    __slots__ = ("_transport", "envelope")
 
     def __init__(self, transport: asyncio.Transport, send_buffer_bytes: int) -> None:
         self._transport = transport
-        self.chunked = False
+        self.envelope: Envelope | None = None
         if send_buffer_bytes:
             self._set_option(socket.SO_SNDBUF, send_buffer_bytes)
 
@@ -68,8 +77,8 @@ class ClientSocket:
         return not (transport.get_write_buffer_size() or transport.is_closing())
 
     def write(self, frame: bytes) -> None:
-        """One frame straight to the transport, in the response's transfer encoding."""
-        self._transport.write(b"%x\r\n%s\r\n" % (len(frame), frame) if self.chunked else frame)
+        """One frame straight to the transport, in the response's envelope."""
+        self._transport.write(frame if self.envelope is None else self.envelope(frame))
 
     async def drained(self) -> None:
         """Wait until the socket has taken every byte written so far.
@@ -92,7 +101,7 @@ class ClientSocket:
         kernel's send buffer at once and shows the client a broken connection, which
         EventSource answers by resuming.
         """
-        self._transport.write(last_words)
+        self.write(last_words)
         self._set_option(socket.SO_LINGER, RESET_ON_CLOSE)
         self._transport.abort()
 

@@ -17,11 +17,11 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from nats.aio.subscription import Subscription
 
-from libs.common import metrics, names
+from libs.common import best_effort, metrics, names
 from libs.common.direct_nats import DirectNATS
 from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
@@ -142,8 +142,7 @@ class Hub:
             del self._slices[channel.slice][reader.stream_id]
             await self._renew(channel)  # readers=0: the runner's abandon clock starts now
             if channel.subscription is not None:
-                with suppress(Exception):
-                    await channel.subscription.unsubscribe()
+                await best_effort.unsubscribe(channel.subscription, reader.stream_id)
 
     def readers(self) -> list[Reader]:
         return [reader for channel in self.channels.values() for reader in channel.readers]
@@ -157,8 +156,7 @@ class Hub:
     async def _renew(self, channel: Channel) -> None:
         lease = ReaderLease(readers=len(channel.readers), streamer_id=self._streamer_id)
         subject = names.stream_subject(channel.stream_id, "readers")
-        with suppress(Exception):
-            await self._nc.publish(subject, lease_codec.encode(lease))
+        await best_effort.publish(self._nc, subject, lease_codec.encode(lease), channel.stream_id)
 
     async def _lease_loop(self) -> None:
         """Renew each stream's reader lease once a period, and give every reader its tick."""

@@ -10,15 +10,21 @@ import time
 
 import msgspec
 
+from libs.common.channels import REASONING, Channel, Channels, ToolCallDelta, runs
 from libs.common.errors import Unavailable
 from libs.common.openai_wire import (
     ChatCompletionChunk,
     ChunkChoice,
+    CompletionMessage,
+    CompletionTokensDetails,
     Delta,
     ErrorDetail,
     ErrorResponse,
+    FunctionDelta,
+    ToolCallChunk,
     Usage,
 )
+from libs.common.tooling import FunctionCall, MessageToolCall
 from libs.common.wire import Done, Failed, StatusChange
 
 DONE = b"data: [DONE]\n\n"
@@ -40,7 +46,27 @@ def error_body(error_type: str, message: str) -> ErrorResponse:
 def usage_of(done: Done) -> Usage:
     prompt = done.prompt_tokens or 0
     completion = done.tokens if done.completion_tokens is None else done.completion_tokens
-    return Usage(prompt, completion, prompt + completion)
+    details = None
+    if done.reasoning_tokens is not None:
+        details = CompletionTokensDetails(reasoning_tokens=done.reasoning_tokens)
+    return Usage(prompt, completion, prompt + completion, details)
+
+
+def delta_of(text: str, channel: Channel | None) -> Delta:
+    """The delta of a run of one channel: content, reasoning_content or one tool call's part."""
+    if channel is None:
+        return Delta(content=text)
+    if channel == REASONING:
+        return Delta(reasoning_content=text)
+    assert isinstance(channel, ToolCallDelta)
+    first = channel.id is not None
+    call = ToolCallChunk(
+        index=channel.index,
+        id=channel.id,
+        type="function" if first else None,
+        function=FunctionDelta(name=channel.name, arguments=text),
+    )
+    return Delta(tool_calls=[call])
 
 
 def shutdown_message(stream_id: str) -> str:
@@ -62,15 +88,24 @@ class ChunkFrames:
         return _data(msgspec.structs.replace(self._template, choices=choices, usage=usage))
 
     def opening(self) -> bytes:
-        return self._chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+        return self._chunk([ChunkChoice(delta=Delta(role="assistant"))])
 
     def status(self, change: StatusChange) -> bytes:
         return b""
 
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        return b"id: %d\n" % last_seq + self._chunk(
-            [ChunkChoice(delta=Delta(content="".join(texts)))]
-        )
+    def tokens(self, last_seq: int, texts: list[str], ts: int, channels: Channels | None) -> bytes:
+        if channels is None:
+            return b"id: %d\n" % last_seq + self._chunk(
+                [ChunkChoice(delta=Delta(content="".join(texts)))]
+            )
+        frames = b""
+        seq = last_seq - len(texts)
+        for run in runs(texts, channels):
+            seq += run.count
+            frames += b"id: %d\n" % seq + self._chunk(
+                [ChunkChoice(delta=delta_of(run.text, run.channel))]
+            )
+        return frames
 
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         if isinstance(terminal, Failed):
@@ -92,6 +127,7 @@ class CompletionFrames:
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.reasoning: list[str] = []
         self.end: Done | Failed | None = None
 
     def opening(self) -> bytes:
@@ -100,9 +136,28 @@ class CompletionFrames:
     def status(self, change: StatusChange) -> bytes:
         return b""
 
-    def tokens(self, last_seq: int, texts: list[str], ts: int) -> bytes:
-        self.texts.extend(texts)
-        return b""
+    def tokens(self, last_seq: int, texts: list[str], ts: int, channels: Channels | None) -> bytes:
+        if channels is None:
+            self.texts.extend(texts)
+            return b""
+        for text, channel in zip(texts, channels, strict=True):
+            if channel is None:
+                self.texts.append(text)
+            elif channel == REASONING:
+                self.reasoning.append(text)
+        return b""  # tool calls come whole with the end: Done.tool_calls
+
+    def answer(self, done: Done) -> CompletionMessage:
+        """The whole answer, as the chunks of a streamed one add up."""
+        calls = [
+            MessageToolCall(call.id, FunctionCall(call.name, call.arguments))
+            for call in done.tool_calls or ()
+        ]
+        return CompletionMessage(
+            content="".join(self.texts) if self.texts or not calls else None,
+            reasoning_content="".join(self.reasoning) if self.reasoning else None,
+            tool_calls=calls or None,
+        )
 
     def terminal(self, terminal: Done | Failed, last_seq: int) -> bytes:
         self.end = terminal

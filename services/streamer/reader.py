@@ -1,4 +1,4 @@
-"""One SSE client: its position, its bounded buffer, and the task that writes to it.
+"""One client of a stream: its position, its bounded buffer, and the task that writes to it.
 
 The hub hands every live message to :meth:`Reader.offer`, which never blocks and
 never awaits; fresh tokens may leave at once by the fast path of
@@ -9,29 +9,30 @@ clients get bigger frames), at most ``pace`` frames a second. Past
 from the log, so a slow client costs a bounded amount of memory. Holes in the live
 sequence (a message lost while NATS reconnected, a resume) are filled from the log too.
 How events are spelled on the wire is the reader's :class:`~services.streamer.frames.Frames`:
-native SSE by default, OpenAI chunks for ``/v1/chat/completions``.
+native SSE by default, OpenAI chunks for ``/v1/chat/completions``, JSON messages on a
+stream's WebSocket; how tokens become frames is its :class:`~services.streamer.flush.Flush`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import hdrs, web
 
 from libs.common import metrics
-from libs.common.errors import SlowConsumer
-from libs.common.retry import TRANSIENT
+from libs.common.channels import Channels, joined
+from libs.common.errors import SlowConsumer, SluiceError
+from libs.common.retry import retry_forever
 from libs.common.settings import Settings
 from libs.common.store import StreamStore
 from libs.common.wire import Done, Failed, StatusChange, TokenBatch, TokensMessage
-from services.streamer.direct import FRESH_NS, ClientSocket, LiveWrites
+from services.streamer.direct import FRESH_NS, ClientSocket, Envelope, LiveWrites, chunk
+from services.streamer.flush import ADAPTIVE, Flush
 from services.streamer.frames import NATIVE_FRAMES, Frames
-
-log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0
 EXPIRED = Failed(type="expired", message="the stream's log no longer holds these tokens")
@@ -45,6 +46,19 @@ class ClientSink(Protocol):
     """Where a reader's bytes go: an aiohttp ``StreamResponse``, or a stand-in."""
 
     async def write(self, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class EnvelopedSink(ClientSink, Protocol):
+    """A sink that wraps what it writes, so direct writes must be wrapped alike."""
+
+    def envelope(self, frame: bytes) -> bytes: ...
+
+
+def envelope_of(sink: ClientSink) -> Envelope | None:
+    if isinstance(sink, web.StreamResponse):
+        return chunk if sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked" else None
+    return sink.envelope if isinstance(sink, EnvelopedSink) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,7 @@ class Pending:
 
     statuses: list[bytes] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    channels: Channels | None = None
     ts: int = 0
     size: int = 0
     terminal: Done | Failed | None = None
@@ -79,12 +94,12 @@ class Pending:
     closing: bool = False
     ping_due: bool = False
 
-    def any(self) -> bool:
+    def has_work(self) -> bool:
         """Work for the writer task besides a ping."""
         return bool(self.statuses or self.texts or self.behind or self.terminal or self.closing)
 
     def drop_tokens(self) -> None:
-        self.texts, self.size = [], 0
+        self.texts, self.channels, self.size = [], None, 0
 
 
 @dataclass(slots=True)
@@ -113,6 +128,7 @@ class Reader:
         after_seq: int,
         limits: ReaderLimits,
         frames: Frames = NATIVE_FRAMES,
+        flush: Flush = ADAPTIVE,
     ) -> None:
         self.stream_id = stream_id
         self.sent = after_seq
@@ -124,8 +140,10 @@ class Reader:
         self._store = store
         self._limits = limits
         self._frames = frames
+        self._flush = flush
         self._pending = Pending()
         self._timing = Timing.starting_now()
+        self._timing.min_interval_s = flush.interval_s
         self._wake = asyncio.Event()
         self._parked = False
         self._gone = False
@@ -181,7 +199,7 @@ class Reader:
             or not self._socket_free()
         ):
             return False
-        self._write_direct(batch.texts, batch.ts)
+        self._write_direct(batch.texts, batch.ts, batch.channels)
         return True
 
     def write_live(self) -> None:
@@ -192,13 +210,13 @@ class Reader:
         if not self._socket_free():
             self._wake.set()
             return
-        texts, ts = pending.texts, pending.ts
+        texts, ts, channels = pending.texts, pending.ts, pending.channels
         pending.drop_tokens()
-        self._write_direct(texts, ts)
+        self._write_direct(texts, ts, channels)
 
-    def _write_direct(self, texts: list[str], ts: int) -> None:
+    def _write_direct(self, texts: list[str], ts: int, channels: Channels | None) -> None:
         assert self._socket is not None
-        self._socket.write(self._token_frame(texts, ts))
+        self._socket.write(self._token_frame(texts, ts, channels))
         self._timing.last_write = time.monotonic()
 
     def _offer_batch(self, batch: TokenBatch) -> None:
@@ -208,9 +226,14 @@ class Reader:
         if batch.first > self._queued_upto + 1:
             pending.behind = True
             return
-        texts = batch.texts[self._queued_upto + 1 - batch.first :]
+        skip = self._queued_upto + 1 - batch.first
+        texts = batch.texts[skip:]
         if not pending.texts:
             pending.ts = batch.ts
+        if pending.channels is not None or batch.channels is not None:  # not for text alone
+            pending.channels = joined(
+                pending.channels, len(pending.texts), batch.channels, skip, len(texts)
+            )
         pending.texts.extend(texts)
         pending.size += sum(len(text) for text in texts) + 16 * len(texts)
         if pending.size > self._limits.buffer_bytes:
@@ -225,7 +248,13 @@ class Reader:
             self._wake.set()
 
     def pace(self, max_events_per_s: float) -> None:
-        self._timing.min_interval_s = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        paced = 1.0 / max_events_per_s if max_events_per_s > 0 else 0.0
+        self._timing.min_interval_s = max(paced, self._flush.interval_s)
+        self._wake.set()
+
+    def hang_up(self) -> None:
+        """The client closed its side (a WebSocket's close frame): stop at the next step."""
+        self._gone = True
         self._wake.set()
 
     def close_for_shutdown(self) -> None:
@@ -238,9 +267,8 @@ class Reader:
         The native endpoint calls this before subscribing, so the event does not wait
         for the subscription's round trip to NATS, which queues behind live traffic.
         """
-        sink = self._sink
-        if self._socket is not None and isinstance(sink, web.StreamResponse):
-            self._socket.chunked = sink.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        if self._socket is not None:
+            self._socket.envelope = envelope_of(self._sink)
         self.status(first_status)
         try:
             await self._write(self._frames.opening() + b"".join(self._pending.statuses))
@@ -264,12 +292,13 @@ class Reader:
 
     async def _serve(self) -> str:
         try:
-            while True:
+            while not self._gone:
                 if await self._step():
                     return "done"
                 if self._pending.closing:
                     await self._write(self._frames.reconnect())
                     return "shutdown"
+            return "slow_consumer" if self._stalled else "client_gone"
         except ClientGone:
             return "client_gone"
         except SlowConsumer:
@@ -278,7 +307,7 @@ class Reader:
     async def _step(self) -> bool:
         """One round of the writer; True once the terminal event is written."""
         pending = self._pending
-        if not pending.any():
+        if not pending.has_work():
             await self._idle()
         self._wake.clear()
         if pending.statuses:
@@ -290,7 +319,7 @@ class Reader:
         if pending.behind:
             return await self._catch_up()
         if pending.texts:
-            await self._write_tokens(pending.texts, pending.ts)
+            await self._write_tokens(pending.texts, pending.ts, pending.channels)
         if pending.terminal is not None:
             if self.sent < pending.terminal.tokens:
                 pending.behind = True
@@ -312,41 +341,52 @@ class Reader:
     async def _catch_up(self) -> bool:
         """Serve from the log until it has nothing newer; True if it held the end."""
         while True:
-            try:
-                entries = await self._store.read(self.stream_id, self.sent)
-            except TRANSIENT as exc:
-                log.warning("log read failed: %r", exc, extra={"stream_id": self.stream_id})
-                await asyncio.sleep(0.25)
-                continue
+            entries = await retry_forever(
+                lambda: self._store.read(self.stream_id, self.sent), "log read", self.stream_id
+            )
             self._pending.drop_tokens()
             self._pending.behind = False
             batch_texts: list[str] = []
+            batch_channels: Channels | None = None
             batch_ts = 0
             for entry in entries:
                 if isinstance(entry, TokenBatch):
                     if entry.first > self.sent + len(batch_texts) + 1:
                         return await self._write_terminal(EXPIRED)
-                    skip = self.sent + len(batch_texts) + 1 - entry.first
+                    skip = max(0, self.sent + len(batch_texts) + 1 - entry.first)
                     if not batch_texts:
                         batch_ts = entry.ts
-                    batch_texts.extend(entry.texts[max(0, skip) :])
+                    texts = entry.texts[skip:]
+                    batch_channels = joined(
+                        batch_channels, len(batch_texts), entry.channels, skip, len(texts)
+                    )
+                    batch_texts.extend(texts)
                     continue
                 if batch_texts:
-                    await self._write_tokens(batch_texts, batch_ts)
+                    await self._write_tokens(batch_texts, batch_ts, batch_channels)
                 return await self._write_terminal(entry)
             if batch_texts:
-                await self._write_tokens(batch_texts, batch_ts)
+                await self._write_tokens(batch_texts, batch_ts, batch_channels)
             if len(entries) < self._store.read_chunk:
                 return False
 
-    async def _write_tokens(self, texts: list[str], ts: int) -> None:
+    async def _write_tokens(self, texts: list[str], ts: int, channels: Channels | None) -> None:
         self._pending.drop_tokens()
-        await self._write(self._token_frame(texts, ts))
+        await self._write(self._token_frame(texts, ts, channels))
 
-    def _token_frame(self, texts: list[str], ts: int) -> bytes:
+    def _token_frame(self, texts: list[str], ts: int, channels: Channels | None) -> bytes:
         """The frame for the next ``texts``, counted as sent."""
         last = self.sent + len(texts)
-        frame = self._frames.tokens(last, texts, ts)
+        if self._flush.per_token:
+            first = self.sent + 1
+            frame = b"".join(
+                self._frames.tokens(
+                    first + i, [text], ts, None if channels is None else channels[i : i + 1]
+                )
+                for i, text in enumerate(texts)
+            )
+        else:
+            frame = self._frames.tokens(last, texts, ts, channels)
         self.sent = last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)
@@ -358,6 +398,12 @@ class Reader:
     async def _write_terminal(self, terminal: Done | Failed) -> bool:
         await self._write(self._frames.terminal(terminal, self.sent))
         return True
+
+    async def fail(self, error: SluiceError) -> None:
+        """End the response with a retryable ``error`` once it has begun: never a cut body."""
+        failed = Failed(type=error.type, message=error.message, retryable=True, tokens=self.sent)
+        with suppress(ClientGone, SlowConsumer):
+            await self._write_terminal(failed)
 
     async def _write(self, data: bytes) -> None:
         """Write and wait until the socket took it all; the wait counts for the stall watchdog.

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import ModuleType
@@ -56,9 +57,8 @@ def test_cli_accepts_every_service_command() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    choices = re.search(r"\{([\w,]+)\}", done.stdout)
-    assert choices, done.stdout
-    assert set(SERVICES) <= set(choices.group(1).split(","))
+    listed = re.findall(r"^  (\w+) ", done.stdout, re.MULTILINE)
+    assert set(SERVICES) <= set(listed), done.stdout
 
 
 def test_build_is_multi_stage_on_slim_python() -> None:
@@ -106,6 +106,8 @@ def ignored(path: str) -> bool:
     [
         "pyproject.toml",
         "README.md",
+        "requirements.lock",
+        "requirements-build.lock",
         "libs/common/settings.py",
         "services/__init__.py",
         "deploy/docker/healthcheck.py",
@@ -190,3 +192,46 @@ def test_healthcheck_exits_one_when_nothing_listens(
 ) -> None:
     monkeypatch.setenv("HEALTHCHECK_PORT", "1")
     assert healthcheck.main() == 1
+
+
+def locked(name: str) -> dict[str, tuple[str, list[str]]]:
+    """{package: (version, hashes)} of a lock written by `make lock`."""
+    text = re.sub(r"\\\n", " ", (ROOT / name).read_text())
+    entries = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if match:
+            hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
+            entries[match.group(1).lower().replace("_", "-")] = (match.group(2), hashes)
+    return entries
+
+
+def test_every_locked_dependency_carries_hashes() -> None:
+    for name in ("requirements.lock", "requirements-build.lock"):
+        entries = locked(name)
+        assert entries, name
+        for package, (version, hashes) in entries.items():
+            assert hashes, f"{name}: {package}=={version} has no hash"
+
+
+def test_lock_pins_what_pyproject_pins() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = locked("requirements.lock")
+    for requirement in project["dependencies"]:
+        name, version = re.match(r"^([A-Za-z0-9_.-]+)==([^;\s]+)", requirement).groups()  # type: ignore[union-attr]
+        assert lock[name.lower()][0] == version, f"{requirement}: run `make lock`"
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert [r.split(">=")[0] for r in build] == list(locked("requirements-build.lock"))
+
+
+def test_build_installs_only_hashed_locked_dependencies() -> None:
+    runs = [args for instruction, args in instructions() if instruction == "RUN"]
+    resolving = [run for run in runs if "pip wheel" in run or "pip install" in run]
+    for run in resolving:
+        for command in run.split("&&"):
+            if "--no-index" in command or "--no-deps" in command:
+                continue
+            assert "--require-hashes" in command, command
+            assert re.search(r"-r requirements(-build)?\.lock", command), command
+    wheel_of_sluice = [r for r in runs if "pip wheel" in r and r.rstrip().endswith(" .")]
+    assert wheel_of_sluice and "--no-build-isolation" in wheel_of_sluice[0]

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from deploy_support import DEPLOY, yaml
@@ -132,3 +133,43 @@ def test_promtool_accepts(promtool: str, args: list[str]) -> None:
         [promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+RUNBOOKS = DEPLOY.parent / "docs" / "runbooks.md"
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    headings = {
+        line.removeprefix("## ").strip().lower()
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    for rule in rules():
+        url = urlsplit(rule["annotations"]["runbook_url"])
+        assert url.scheme == "https" and url.netloc, rule["alert"]
+        assert url.path.endswith("/docs/runbooks.md"), rule["alert"]
+        assert url.fragment == rule["alert"].lower() and url.fragment in headings, rule["alert"]
+
+
+AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(by\s*\(([^)]*)\))?\s*\(")
+
+
+def test_every_aggregation_keeps_the_namespace() -> None:
+    """Two installations in one Prometheus must not add up into one alert."""
+    for rule in rules():
+        aggregations = AGGREGATION.findall(rule["expr"])
+        for _, by, labels in aggregations:
+            assert by, f"{rule['alert']}: an aggregation drops every label"
+            assert "namespace" in {label.strip() for label in labels.split(",")}, rule["alert"]
+
+
+def duration_s(text: str) -> int:
+    return sum(
+        int(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in re.findall(r"(\d+)([smh])", text)
+    )
+
+
+def test_runner_lost_outlasts_a_rollout() -> None:
+    """A rollout replaces runners within minutes; only losses that go on should page."""
+    (rule,) = [r for r in rules() if r["alert"] == "SluiceRunnerLost"]
+    assert duration_s(rule["for"]) >= 15 * 60

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.tools.client import Received, events
+from libs.client.http import Received, events
 
 TIMEOUT_S = 30.0
 

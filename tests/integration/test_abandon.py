@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from libs.tools.client import Received, SluiceClient, events
+from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 

@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.client.http import Received, SluiceClient
 from libs.common import names
-from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests import conftest
 from tests.integration.helpers import final, metric, read_stream, sim, tokens
 
 SLOTS = 4
@@ -34,14 +34,9 @@ ALIVE = "sluice_runners_alive"
 def private_suite(
     tmp_path_factory: pytest.TempPathFactory, name: str, **env: str
 ) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp(name)
-    with own_servers(tmp) as (nats, redis):
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env={**FAST_ENV, **env}).start()
-        try:
-            wait_for_runner(suite)
-            yield suite
-        finally:
-            suite.stop()
+    for suite in conftest.private_suite(tmp_path_factory, name, env):
+        wait_for_runner(suite)
+        yield suite
 
 
 def wait_for_runner(stack: Stack, timeout_s: float = 10.0) -> None:

@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from libs.tools.servers import child_env
 
 
-def bench(tmp_path: Path, *argv: str) -> dict[str, object]:
+def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
     out = tmp_path / "figures.json"
     command = [sys.executable, "-m", "libs.tools.cli", "bench", *argv, "--json", str(out)]
     finished = subprocess.run(command, env=child_env({}), capture_output=True, timeout=120)
@@ -67,8 +68,8 @@ def test_bench_upstream_compares_the_direct_route_with_sluice(tmp_path: Path) ->
     )
     assert figures["incomplete_streams"] == 0
     for route in ("direct", "sluice"):
-        assert figures[f"{route}_token_latency_ms"]["n"] == 20  # type: ignore[index]
-        assert figures[f"{route}_ttft_ms"]["n"] == 2  # type: ignore[index]
+        assert figures[f"{route}_token_latency_ms"]["n"] == 20
+        assert figures[f"{route}_ttft_ms"]["n"] == 2
 
 
 CAPACITY_RUN = ("--tokens", "150", "--tokens-per-s", "100", "--ramp-s", "0", "--step", "2")
@@ -106,3 +107,23 @@ def test_bench_capacity_says_when_not_even_the_fewest_streams_are_within(tmp_pat
     assert isinstance(trials, list) and len(trials) == 1
     assert trials[0]["streams"] == 2 and not trials[0]["within"]
     assert trials[0]["tokens_delivered"] == 300 and trials[0]["errors"] == {}
+
+
+@pytest.mark.slow
+def test_bench_network_measures_each_design_behind_a_profile_and_draws_its_gaps(
+    tmp_path: Path,
+) -> None:
+    figures = bench(
+        tmp_path,
+        "network",
+        *("--profiles", "3g", "--flush", "token,adaptive", "--streams", "2"),
+        *("--tokens", "30", "--plots", str(tmp_path / "plots")),
+    )
+    cells = figures["cells"]
+    assert isinstance(cells, list) and len(cells) == 6
+    for cell in cells:
+        assert cell["completed"] == cell["streams"] == 2, cell
+        assert (cell["lost"], cell["duplicated"], cell["text_mismatches"]) == (0, 0, 0)
+        assert cell["first_token_ms_p50"] > 300 + 300, "the model's 300 ms and one 3G RTT"
+    plots = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert plots == ["gaps-by-design.png", "gaps-by-flush.png"]

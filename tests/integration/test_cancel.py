@@ -11,9 +11,9 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.client.http import Received, SluiceClient
 from libs.common import names
 from libs.common.wire import Cancel, control_codec
-from libs.tools.client import Received, SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, read_until_tokens, sim, text, tokens
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
-from libs.tools.client import SluiceClient
 from libs.tools.servers import (
     die_with_parent,
     free_port,

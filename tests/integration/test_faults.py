@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
-from libs.tools.client import SluiceClient
 from libs.tools.servers import Server
 from libs.tools.stack import Service, Stack
 from services.runner.logwriter import MAX_PENDING_TOKENS

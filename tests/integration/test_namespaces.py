@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
-from libs.tools.client import SluiceClient
 from libs.tools.stack import SERVICES, Stack
 from tests.conftest import FAST_ENV
 from tests.integration.helpers import final, metric, read_stream, sim

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient
 from libs.tools.clusters import NatsCluster, nats_cluster
 from libs.tools.servers import redis_server
 from libs.tools.stack import Stack

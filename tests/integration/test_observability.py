@@ -36,12 +36,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import use_span
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.client.http import SluiceClient, events
 from libs.common.logs import JsonFormatter
 from libs.common.metrics import PER_TOKEN_SAMPLE
 from libs.common.stats import Buckets, quantile
 from libs.common.telemetry import otlp_endpoint
 from libs.common.tracing import STREAM_ID, current_stream
-from libs.tools.client import SluiceClient, events
 from libs.tools.servers import free_port
 from libs.tools.stack import SERVICES, Stack
 from tests.conftest import FAST_ENV, own_servers
@@ -116,7 +116,7 @@ def _protobuf(body: bytes) -> web.Response:
 
 
 def _service_name(attributes: Any) -> str:
-    return next(a.value.string_value for a in attributes if a.key == "service.name")
+    return str(next(a.value.string_value for a in attributes if a.key == "service.name"))
 
 
 @pytest.fixture(scope="module")

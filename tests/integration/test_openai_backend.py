@@ -11,23 +11,25 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
+from libs.client.http import Received, SluiceClient, events
 from libs.common.sse import SSEParser
-from libs.tools.client import Received, SluiceClient, events
 from libs.tools.servers import Server, ServerError, find_binary, free_port
 from libs.tools.stack import Stack
-from tests.conftest import FAST_ENV, own_servers
+from tests.conftest import stack_with_models
 from tests.integration.helpers import final, read_stream, text, tokens
 
 API_KEY = "key-b"
+UPSTREAM_SECRET = "sk-upstream-live-0123456789"
 MOCK_READ_TIMEOUT_S = 2
-Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+Script = Callable[[asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
 def chunk(content: str) -> bytes:
@@ -102,6 +104,22 @@ class FakeUpstream:
         return script
 
     @staticmethod
+    async def echoes_its_credentials(writer: asyncio.StreamWriter) -> None:
+        error = {"error": {"message": f"bad header Authorization: Bearer {UPSTREAM_SECRET}"}}
+        writer.write(chunk("fine ") + b"data: " + json.dumps(error).encode() + b"\n\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    @staticmethod
+    async def bom_and_cr_lines(writer: asyncio.StreamWriter) -> None:
+        """A byte-order mark, CR-only line endings, a comment: all valid event-stream."""
+        body = (
+            b"\xef\xbb\xbf: hello\r\r" + chunk("one ") + chunk("two") + FINISH + b"data: [DONE]\n\n"
+        )
+        writer.write(body.replace(b"\n", b"\r"))
+        await writer.drain()
+
+    @staticmethod
     async def not_sse(writer: asyncio.StreamWriter) -> None:
         writer.write(chunk("fine ") + b"<html>this is not an event stream</html>\n\n")
         await writer.drain()
@@ -149,14 +167,9 @@ def relay_stack(
         "fake": {"base_url": f"http://127.0.0.1:{fake.port}/v1", "upstream_model": "fake-1"},
         "down": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 1},
     }
-    env = {**FAST_ENV, "SLUICE_MODELS": json.dumps(models), "SLUICE_API_KEYS": f"{API_KEY}:b"}
     tmp = tmp_path_factory.mktemp("relay")
-    with own_servers(tmp) as (nats, redis):
-        suite = Stack(nats.url, f"{redis.url}/0", tmp, env=env)
-        try:
-            yield suite.start()
-        finally:
-            suite.stop()
+    with stack_with_models(tmp, models, SLUICE_API_KEYS=f"{API_KEY}:b") as suite:
+        yield suite
 
 
 @pytest.fixture
@@ -192,7 +205,7 @@ class LLMock:
             return list((await response.json())["requests"])
 
 
-def hello(content: str = "hello") -> list[dict[str, str]]:
+def hello(content: str = "hello") -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": content}]
 
 
@@ -225,7 +238,7 @@ async def test_the_sdk_streams_through_sluice_to_llmock(relay_stack: Stack, mock
     ) as sdk:
         stream = await sdk.chat.completions.create(
             model="mock",
-            messages=hello(),  # type: ignore[arg-type]
+            messages=hello(),
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -281,10 +294,20 @@ async def test_cancel_closes_the_upstream_connection_at_once(
     assert request["messages"] == hello("forever") and request["max_tokens"] == 256
 
 
+async def test_any_valid_event_stream_spelling_is_read(
+    client_b: SluiceClient, session: aiohttp.ClientSession, fake: FakeUpstream
+) -> None:
+    fake.answer_with(fake.bom_and_cr_lines)
+    created = await client_b.create(model="fake", messages=hello("cr"))
+    received = await read_stream(session, created["events_url"], timeout_s=15)
+    assert final(received).type == "done", final(received).json()
+    assert text(received) == "one two"
+
+
 async def test_sampling_parameters_reach_the_upstream_as_they_are(
     client_b: SluiceClient, session: aiohttp.ClientSession, relay_stack: Stack, fake: FakeUpstream
 ) -> None:
-    sampling = {"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7}
+    sampling: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "seed": 7}
     fake.answer_with(fake.paced(3, 0.001))
     created = await client_b.create(model="fake", messages=hello("native"), sampling=sampling)
     await read_stream(session, created["events_url"])
@@ -376,8 +399,10 @@ async def test_upstream_failure_ends_the_stream_with_a_clear_error(
     assert error.type == "error", [r.type for r in received]
     assert error.json()["type"] == "upstream_error"
     assert fragment in error.json()["message"], error.json()["message"]
+    assert "127.0.0.1" not in error.json()["message"]
     if model != "down" and attempts == 1:
-        assert f"(after {len(tokens(received))} tokens)" in error.json()["message"]
+        delivered = sum(t["n"] for t in tokens(received))  # a frame may carry several
+        assert f"(after {delivered} tokens)" in error.json()["message"]
     if attempts > 1:
         assert f"after {attempts} attempts" in error.json()["message"]
     if model == "mock":
@@ -394,10 +419,10 @@ async def test_chat_endpoint_answers_an_upstream_failure_as_openai_errors(
         base_url=f"{relay_stack.streamer}/v1", api_key=API_KEY, max_retries=0
     ) as sdk:
         with pytest.raises(openai.InternalServerError) as unary:
-            await sdk.chat.completions.create(model="mock", messages=hello())  # type: ignore[arg-type]
+            await sdk.chat.completions.create(model="mock", messages=hello())
         stream = await sdk.chat.completions.create(
             model="mock",
-            messages=hello(),  # type: ignore[arg-type]
+            messages=hello(),
             stream=True,
         )
         with pytest.raises(openai.APIError) as streamed:
@@ -436,7 +461,7 @@ async def timed_tokens(
             for event in parser.feed(data):
                 if event.data == "[DONE]":
                     continue
-                choices = event.json()["choices"]  # type: ignore[index]
+                choices = event.json()["choices"]
                 content = choices[0]["delta"].get("content") if choices else None
                 for word in (content or "").split():
                     arrivals[int(word[1:])] = now
@@ -486,3 +511,19 @@ async def test_overhead_of_sluice_against_calling_the_upstream_directly(
         print("\n".join(lines))
     assert statistics.median(ttft["sluice"]) < 1000
     assert percentile(latency["sluice"], 0.5) < 250
+
+
+async def test_an_upstream_error_echoing_credentials_reaches_the_logs_not_the_tenant(
+    client_b: SluiceClient, session: aiohttp.ClientSession, fake: FakeUpstream, relay_stack: Stack
+) -> None:
+    fake.answer_with(fake.echoes_its_credentials)
+    created = await client_b.create(model="fake", messages=hello("leak"))
+    error = final(await read_stream(session, created["events_url"], timeout_s=15)).json()
+    _, info = await client_b.get(created["id"])
+    assert error["type"] == "upstream_error" and info["error"]["type"] == "upstream_error"
+    for shown in (error["message"], info["error"]["message"]):
+        assert UPSTREAM_SECRET not in shown and "correlation id" in shown
+    correlation_id = error["message"].rsplit(" ", 1)[-1].rstrip(")")
+    logs = "".join(path.read_text() for path in relay_stack.logdir.glob("runner-*.log"))
+    logged = [line for line in logs.splitlines() if correlation_id in line]
+    assert logged and UPSTREAM_SECRET in logged[0]

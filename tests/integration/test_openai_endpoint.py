@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
+from libs.client.http import SluiceClient
 from libs.common.sse import SSEParser
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.integration.helpers import read_stream, sim, text
 
@@ -28,7 +29,7 @@ async def sdk(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
-def messages(content: str) -> list[dict[str, Any]]:
+def messages(content: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": content}]
 
 
@@ -57,7 +58,7 @@ async def test_sdk_streams_role_content_finish_and_usage_chunks_then_done(
     shape = sim(tokens=20)
     stream = await sdk.chat.completions.create(
         model="sim",
-        messages=messages("chat stream"),  # type: ignore[arg-type]
+        messages=messages("chat stream"),
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"sim": shape},
@@ -80,7 +81,7 @@ async def test_sdk_non_stream_gets_one_completion_with_the_stream_id_header(
     shape = sim(tokens=12)
     raw = await sdk.chat.completions.with_raw_response.create(
         model="sim",
-        messages=messages("chat once"),  # type: ignore[arg-type]
+        messages=messages("chat once"),
         max_completion_tokens=10,
         extra_body={"sim": shape},
     )
@@ -103,7 +104,7 @@ async def test_closing_the_sdk_stream_mid_answer_abandons_the_generation(
 ) -> None:
     raw = await sdk.chat.completions.with_raw_response.create(
         model="sim",
-        messages=messages("walk away"),  # type: ignore[arg-type]
+        messages=messages("walk away"),
         stream=True,
         extra_body={"sim": sim(tokens=400, tokens_per_s=40)},
     )
@@ -135,10 +136,7 @@ async def test_a_lost_chat_stream_resumes_on_the_native_endpoint(
         parser, seen = SSEParser(), ""
         async for chunk in response.content.iter_any():
             events = parser.feed(chunk)
-            seen += "".join(
-                e.json()["choices"][0]["delta"].get("content", "")  # type: ignore[index, union-attr]
-                for e in events
-            )
+            seen += "".join(e.json()["choices"][0]["delta"].get("content", "") for e in events)
             if parser.last_event_id and int(parser.last_event_id) >= 5:
                 break
     url = f"{stack.streamer}/v1/streams/{stream_id}/events?token={token}"
@@ -177,7 +175,7 @@ async def test_bad_chat_request_is_an_openai_shaped_400(
 
 async def test_sdk_raises_its_own_error_class_for_a_sluice_error(sdk: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await sdk.chat.completions.create(model="gpt-nope", messages=messages("x"))  # type: ignore[arg-type]
+        await sdk.chat.completions.create(model="gpt-nope", messages=messages("x"))
     assert caught.value.status_code == 400
     assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "invalid_request"
     assert "unknown model 'gpt-nope'" in caught.value.message

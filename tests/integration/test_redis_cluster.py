@@ -10,6 +10,7 @@ replica), and commits wait until then: durability before availability, as decide
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
-from libs.tools.client import SluiceClient
 from libs.tools.clusters import RedisCluster, redis_cluster
 from libs.tools.servers import nats_server
 from libs.tools.stack import Stack
@@ -79,7 +80,9 @@ def gateway(session: aiohttp.ClientSession, suite: ClusterSuite) -> SluiceClient
 
 async def master_port(redis: aioredis.RedisCluster, stream_id: str) -> int:
     await redis.initialize()
-    return int(redis.get_node_from_key(names.log_key(stream_id)).port)
+    node = redis.get_node_from_key(names.log_key(stream_id))
+    assert node is not None, f"no master serves the slot of {stream_id}"
+    return int(node.port)
 
 
 async def test_a_stream_cut_twice_resumes_exactly_on_a_redis_cluster(
@@ -110,7 +113,7 @@ async def test_1000_streams_spread_over_the_three_masters(
         assert SHARE_RANGE[0] <= count / SPREAD_STREAMS <= SHARE_RANGE[1], shares
     for port, count in shares.items():
         await wait_until_async(
-            lambda port=port, count=count: logs_on(port, count),
+            functools.partial(logs_on, port, count),
             f"{count} logs written on master {port} itself",
             timeout_s=90,
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from libs.tools.client import Received, SluiceClient, StreamRefused
+from libs.client.http import Received, SluiceClient, StreamRefused
 from libs.tools.servers import Server, binary_version, nats_server, redis_server, wheel_binary
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV

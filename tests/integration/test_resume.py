@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common import names
 from libs.common.auth import mint_read_token
 from libs.common.store import StreamMeta, StreamStore
 from libs.common.wire import Done, TokenBatch, tokens_codec
 from libs.tools.bench import resume as bench_resume
-from libs.tools.client import SluiceClient
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV
 from tests.integration.helpers import final, read_stream, sim, text
@@ -212,7 +212,7 @@ async def test_maxlen_caps_the_log_and_resume_before_the_kept_tail_answers_expir
     length = await redis.xlen(names.log_key(stream_id))
     assert length < 300, f"MAXLEN 100 (approximate) left {length} entries"
 
-    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, "anonymous", 60)
+    token = mint_read_token(FAST_ENV["SLUICE_SECRET"].encode(), stream_id, 60)
     url = f"{stack.streamer}/v1/streams/{stream_id}/events?token={token}"
     from_start = await read_stream(session, url)
     assert final(from_start).type == "error" and final(from_start).json()["type"] == "expired"

@@ -94,7 +94,7 @@ async def test_admitting_under_the_limit_writes_meta_and_takes_a_place(store: St
     assert await store.meta(stream_id) == queued(tenant)
     assert 60 * 23 < await store.redis.ttl(names.meta_key(stream_id)) <= 60 * 24
     assert await store.redis.smembers(names.tenant_active_key(tenant)) == {stream_id.encode()}
-    assert not [key async for key in store.redis.scan_iter(f"sluice:conv:{tenant}:*")]
+    assert not [key async for key in store.redis.scan_iter(names.conversation_key(tenant, "*"))]
 
 
 async def test_a_refusal_at_the_limit_changes_nothing(store: StreamStore) -> None:
@@ -125,5 +125,20 @@ async def test_the_feedback_stream_is_capped(store: StreamStore) -> None:
         await store.record_feedback(feedback, maxlen=50)
     length = await store.redis.xlen(names.FEEDBACK_STREAM)
     assert 50 <= length <= 150
-    ((_, last),) = await store.redis.xrevrange(names.FEEDBACK_STREAM, count=1)
-    assert last[b"ts"] == b"999"  # the newest are kept
+    ((_, last),) = await store.redis.xrevrange(names.FEEDBACK_STREAM, count=1) or []
+    assert last is not None and last[b"ts"] == b"999"  # the newest are kept
+
+
+async def test_a_misspelt_meta_field_is_refused_and_writes_nothing(store: StreamStore) -> None:
+    """mypy refuses these calls too (hence the ignores); this is the run-time half."""
+    stream_id = await new_stream(store)
+    before = await store.redis.hgetall(names.meta_key(stream_id))
+    misspelt = {"cancel_reason": "cancelled", "cancel_requsted_ns": 42}
+    with pytest.raises(TypeError, match="cancel_requsted_ns"):
+        await store.update(stream_id, **misspelt)  # type: ignore[arg-type]
+    done = Done(finish_reason="stop", tokens=0)
+    payload = tokens_codec.encode(done)
+    with pytest.raises(TypeError, match="finsh_reason"):
+        await store.finish(stream_id, done, payload, finsh_reason="stop")  # type: ignore[call-arg]
+    assert await store.redis.hgetall(names.meta_key(stream_id)) == before
+    assert await store.read(stream_id, 0) == []

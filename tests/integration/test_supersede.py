@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.tools.client import Received, SluiceClient, events
+from libs.client.http import Received, SluiceClient, events
 from libs.tools.stack import Stack
 from tests.conftest import FAST_ENV, own_servers
 from tests.integration.helpers import final, read_stream, sim, text, tokens

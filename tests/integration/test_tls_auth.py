@@ -18,9 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from libs.client.http import SluiceClient
 from libs.common.connections import HiredisPackedConnection, connect_nats, connect_redis
 from libs.common.settings import Settings, load_settings
-from libs.tools.client import SluiceClient
 from libs.tools.secure import make_certs, secured_nats, secured_redis
 from libs.tools.servers import Server
 from libs.tools.stack import Stack

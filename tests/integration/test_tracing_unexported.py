@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import redis.asyncio as aioredis
 
+from libs.client.http import SluiceClient
 from libs.common.store import StreamStore
-from libs.tools.client import SluiceClient
 from tests.integration.helpers import read_stream, sim
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from libs.tools.client import SluiceClient
+from libs.client.http import SluiceClient, events
 from libs.tools.stack import Stack
 from tests.integration.helpers import final, read_stream, sim, text, tokens
 
@@ -42,17 +42,10 @@ async def test_status_frame_arrives_before_the_models_first_token(
     created = await client.create(prompt="slow start", sim=sim(tokens=3, ttft_ms=1500))
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async for event in _events(session, created["events_url"]):
+    async for event in events(session, created["events_url"]):
         assert event.type == "status"
         assert loop.time() - started < 1.0
         break
-
-
-async def _events(session: aiohttp.ClientSession, url: str):  # type: ignore[no-untyped-def]
-    from libs.tools.client import events
-
-    async for event in events(session, url):
-        yield event
 
 
 async def test_two_hundred_concurrent_streams_all_complete(
@@ -63,7 +56,7 @@ async def test_two_hundred_concurrent_streams_all_complete(
         received = await read_stream(session, created["events_url"], timeout_s=60)
         assert final(received).type == "done", received[-1]
         assert len(text(received)) > 0
-        return final(received).json()["finish_reason"]
+        return str(final(received).json()["finish_reason"])
 
     reasons = await asyncio.gather(*(one(i) for i in range(200)))
     assert reasons == ["stop"] * 200

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 import pytest
 from aiohttp import test_utils, web
 
+from libs.client.http import StreamRefused
 from libs.common import sse
 from libs.common.sse import Event
 from libs.tools.bench.reader import _SSEProtocol, follow
-from libs.tools.client import StreamRefused
 
 CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ def test_deps_lists_only_the_tools_missing_from_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     executable(tmp_path, "chromium")
+    executable(tmp_path, "nginx")
     executable(tmp_path, "openssl")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert deps.missing() == ["promtool"]
@@ -30,7 +32,17 @@ def test_deps_as_a_user_fails_with_that_command_and_installs_nothing(
 ) -> None:
     executable(tmp_path, "apt-get")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(deps.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(deps, "install", lambda tools: pytest.fail("installed as a user"))
     assert deps.main() == 1
     assert "sudo make deps" in capsys.readouterr().err
+
+
+def test_image_deps_name_podman_and_debootstrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    executable(tmp_path, "apt-get")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert deps.main(["--image"]) == 1
+    assert "podman runc debootstrap" in capsys.readouterr().err

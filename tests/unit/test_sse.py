@@ -70,3 +70,12 @@ def test_field_without_colon_and_no_space_after_colon() -> None:
 def test_field_rules_a_bare_name_comments_and_only_ascii_retry() -> None:
     events = parse(b"retry: \xc2\xb2\ndata\n: note\ndata: x\nfoo: bar\n\nretry: 2500\ndata:y\n\n")
     assert [(e.data, e.retry) for e in events] == [("\nx", None), ("y", 2500)]
+
+
+def test_unknown_fields_are_reported_if_asked_and_ignored_otherwise() -> None:
+    stream = b": comment\nretry: soon\nevent: a\nfoo: bar\n<html>\ndata: x\n\n"
+    unknown: list[str] = []
+    events = SSEParser(on_unknown_field=unknown.append).feed(stream)
+    assert unknown == ["foo: bar", "<html>"], "comments and the known fields are not reported"
+    assert [(e.type, e.data) for e in events] == [("a", "x")]
+    assert [(e.type, e.data) for e in parse(stream)] == [("a", "x")]

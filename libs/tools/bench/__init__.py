@@ -1,10 +1,11 @@
-"""``sluice bench``: measure the whole suite as a client sees it.
+"""``sluice bench``: measure the whole suite as a client sees it. Without ``--gateway``
+a mode starts its own NATS, Redis and four services (as ``sluice dev`` does), reports
+what each of them cost in CPU over the run, and stops them afterwards; with it, it
+drives a running suite.
 
 Each mode lives in its own module with ``add_arguments(parser)`` and
 ``run(args, gateway) -> dict``, and may set ``SUITE_ENV`` for the suite it starts (or
-``NEEDS_SUITE = False``). Without ``--gateway`` the benchmark starts its own NATS, Redis
-and four services (as ``sluice dev`` does), reports what each of them cost in CPU over
-the run, and stops them afterwards; with it, it drives a running suite.
+``NEEDS_SUITE = False``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from libs.tools import helptext
 from libs.tools.bench.usage import cpu_shares, format_shares
 from libs.tools.clusters import nats_cluster, redis_cluster
 from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"reader", "stats", "usage"})
+SUPPORT_MODULES = frozenset({"plots", "reader", "stats", "usage", "weather_clients"})
 
 
 def modes() -> list[str]:
@@ -83,11 +85,17 @@ def own_suite(env: dict[str, str], servers: str = "single") -> Iterator[Suite]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sluice bench", description=__doc__)
+    parser = helptext.parser("sluice bench", __doc__)
     sub = parser.add_subparsers(dest="mode")
     for mode in modes():
         module = _module(mode)
-        mode_parser = sub.add_parser(mode, help=(module.__doc__ or "").splitlines()[0])
+        summary = helptext.plain(module.__doc__).split(": ", 1)[-1]
+        mode_parser = sub.add_parser(
+            mode,
+            help=summary.splitlines()[0],
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mode_parser.add_argument(
             "--gateway", help="a running suite's gateway URL (default: start one)"
         )

@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from libs.client.http import SluiceClient, events
 from libs.tools.bench.stats import emit, error_label, line, summary
-from libs.tools.client import SluiceClient, events
 
 POLL_S = 0.05
 MODEL_S = 30  # each stream's answer lasts this long, if no cancel stops it

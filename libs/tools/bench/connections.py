@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.client.http import SluiceClient, events
 from libs.common.process import prepare_process
 from libs.tools.bench import latency
 from libs.tools.bench.stats import emit
 from libs.tools.bench.usage import cpu_s, rss_kb
-from libs.tools.client import SluiceClient, events
 
 SUITE_ENV = {
     "SLUICE_RUNNER_SLOTS": "12000",

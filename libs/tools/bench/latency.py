@@ -26,12 +26,12 @@ from typing import Any
 
 import aiohttp
 
+from libs.client.http import SluiceClient
 from libs.common.process import prepare_process
 from libs.common.sse import Event, token_data
 from libs.tools.bench.reader import follow
 from libs.tools.bench.stats import emit, error_label, line, summary
 from libs.tools.bench.usage import MachineBusy, own_cpu_s
-from libs.tools.client import SluiceClient
 
 
 @dataclass

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from libs.client.http import StreamRefused
 from libs.common.sse import Event, SSEParser
-from libs.tools.client import StreamRefused
 
 OnEvent = Callable[[Event, int], None]
 HEAD_END = b"\r\n\r\n"

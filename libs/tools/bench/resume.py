@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import aiohttp
 
+from libs.client.http import Received, SluiceClient, events
 from libs.tools.bench.stats import emit, line, summary
-from libs.tools.client import Received, SluiceClient, events
 
 
 @dataclass

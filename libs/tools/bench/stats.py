@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from libs.tools.client import StreamRefused
+from libs.client.http import StreamRefused
 
 
 def error_label(exc: Exception) -> str:

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from libs.client.http import SluiceClient, events
 from libs.common.sse import SSEParser
 from libs.tools.bench.stats import emit, line, summary
-from libs.tools.client import SluiceClient, events
 from libs.tools.servers import free_port
 
 PORT = free_port()

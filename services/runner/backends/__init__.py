@@ -13,6 +13,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
+from libs.common.channels import Channel
 from libs.common.wire import Submit
 
 
@@ -23,6 +24,7 @@ class Outcome:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 class TokenSink(Protocol):
@@ -30,6 +32,10 @@ class TokenSink(Protocol):
 
     def push(self, text: str) -> None:
         """Take the next token; never waits."""
+        ...
+
+    def push_channel(self, text: str, channel: Channel) -> None:
+        """Take the next token, of the reasoning or a tool call; never waits."""
         ...
 
     def full(self) -> bool:
@@ -49,13 +55,20 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-async def pump(pieces: AsyncGenerator[str], sink: TokenSink) -> None:
-    """Feed a backend's text pieces to ``sink``, pausing the model while the sink is full.
+Piece = tuple[str, Channel | None]
+"""A token's text and its channel (None: answer text)."""
+
+
+async def pump(pieces: AsyncGenerator[Piece], sink: TokenSink) -> None:
+    """Feed a backend's pieces to ``sink``, pausing the model while the sink is full.
 
     The iterator is closed however this ends, so a cancel closes its upstream at once.
     """
     async with aclosing(pieces):
-        async for text in pieces:
-            sink.push(text)
+        async for text, channel in pieces:
+            if channel is None:
+                sink.push(text)
+            else:
+                sink.push_channel(text, channel)
             if sink.full():
                 await sink.space()

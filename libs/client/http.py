@@ -1,7 +1,8 @@
-"""A small async client of the public contract, for the tests and the benchmark.
+"""The contract's HTTP calls and SSE events, one call each, stamped with receive times.
 
 It speaks HTTP and SSE exactly as a browser would (the WHATWG parser in
-:mod:`libs.common.sse`), and stamps each event with its receive time.
+:mod:`libs.common.sse`). The tests and the benchmark use it where they need each
+raw event; :mod:`libs.client.stream` builds resume and control on it for programs.
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ async def events(
     url: str,
     last_event_id: str | None = None,
     read_chunk: int = 65536,
+    read_timeout_s: float | None = None,
 ) -> AsyncIterator[Received]:
-    """Follow an SSE URL until the server closes it, yielding events as they arrive."""
+    """Follow an SSE URL until the server closes it, yielding events as they arrive.
+
+    ``read_timeout_s`` bounds the silence between two chunks (the server pings while
+    a stream is quiet), so a connection that died without a word is noticed.
+    """
     headers = {"Accept": "text/event-stream"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
     async with session.get(url, headers=headers, timeout=timeout) as response:
         if response.status != 200:
             body = await response.read()
@@ -88,6 +94,39 @@ async def events(
             now = time.time_ns()
             for event in parser.feed(chunk):
                 yield Received(event, now)
+
+
+def socket_url(events_url: str) -> str:
+    """The stream's WebSocket URL, from the ``events_url`` that ``POST /v1/streams`` answers."""
+    base, _, query = events_url.partition("?")
+    return base.replace("http", "ws", 1).removesuffix("/events") + "/ws?" + query
+
+
+async def socket_events(
+    ws: aiohttp.ClientWebSocketResponse, last_event_id: str = ""
+) -> AsyncIterator[Received]:
+    """Follow a stream's WebSocket until it closes, each message as the SSE event it stands for.
+
+    Token and ``done`` messages carry ``seq`` where SSE has ``id``; the control replies
+    (``ack``, ``pong``, control ``error`` frames) come through as events of their type.
+    """
+    async for message in ws:
+        if message.type != aiohttp.WSMsgType.TEXT:
+            break
+        now = time.time_ns()
+        data = message.data
+        head = _head.decode(data)
+        if head.seq is not None:
+            last_event_id = str(head.seq)
+        yield Received(Event(head.type, data, last_event_id), now)
+
+
+class _Head(msgspec.Struct):
+    type: str
+    seq: int | None = None
+
+
+_head = msgspec.json.Decoder(_Head)
 
 
 class StreamRefused(Exception):
