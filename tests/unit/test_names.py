@@ -15,8 +15,8 @@ import json
 from libs.common import names
 print(json.dumps([
     names.SUBMIT, names.RUNNER_HEARTBEAT, names.RUNNER_ANNOUNCE, names.STATS,
-    names.ALL_CONTROL, names.runner_start("r1"), names.stream_subject("s1", "tokens"),
-    names.stream_wildcard("s1"), names.log_key("s1"), names.meta_key("s1"),
+    names.ALL_CONTROL, names.ALL_LIFECYCLE, names.runner_start("r1"), names.stream_subject("s1", "tokens"),
+    names.stream_wildcard("s1"), names.log_key("s1"), names.meta_key("s1"), names.prompt_key("s1"),
     names.conversation_key("t", "c"), names.tenant_active_key("t"), names.FEEDBACK_STREAM,
 ]))
 """
@@ -44,6 +44,7 @@ def test_the_default_namespace_keeps_the_historical_subjects() -> None:
 
 def test_a_streams_keys_share_one_cluster_hash_tag() -> None:
     assert names.log_key("s1") == "sluice:log:{s1}" and names.meta_key("s1") == "sluice:meta:{s1}"
+    assert names.prompt_key("s1") == "sluice:prompt:{s1}"
 
 
 def test_the_stream_id_is_read_back_from_a_namespaced_subject() -> None:
