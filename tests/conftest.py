@@ -150,6 +150,16 @@ async def linked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Link
 
 
 @pytest.fixture
+async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis, for tests that look at keys themselves."""
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as client_session:

@@ -11,16 +11,16 @@ from __future__ import annotations
 from typing import cast
 
 import msgspec
-import redis.asyncio as aioredis
 
 from libs.common import names
+from libs.common.connections import RedisClient
 from libs.common.errors import Expired
 from libs.common.wire import PromptBody, Submit, prompt_codec
 
 INLINE_PROMPT_BYTES = 256 * 1024
 
 
-async def park_if_large(redis: aioredis.Redis, message: Submit, ttl_s: int) -> Submit:
+async def park_if_large(redis: RedisClient, message: Submit, ttl_s: int) -> Submit:
     """``message`` as it goes on the wire: as it is, or with its prompt parked in Redis."""
     body = prompt_codec.encode(PromptBody(prompt=message.prompt, messages=message.messages))
     if len(body) <= INLINE_PROMPT_BYTES:
@@ -29,7 +29,7 @@ async def park_if_large(redis: aioredis.Redis, message: Submit, ttl_s: int) -> S
     return msgspec.structs.replace(message, prompt=None, messages=None, parked=True)
 
 
-async def fetch_parked(redis: aioredis.Redis, message: Submit) -> Submit:
+async def fetch_parked(redis: RedisClient, message: Submit) -> Submit:
     """The whole request back, for the runner, which alone needs it (so it takes it, and
     Redis does not hold a large prompt for longer than the stream waits); a prompt gone
     from Redis fails the stream."""

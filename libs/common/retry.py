@@ -19,8 +19,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     nats.errors.Error,
 )
+"""Outages, and a Redis Cluster's failover (``CLUSTERDOWN``, ``TRYAGAIN``, a slot whose
+master is being replaced), which ends once a replica is promoted."""
 
 T = TypeVar("T")
 

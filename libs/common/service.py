@@ -13,10 +13,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import prometheus_client
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from libs.common.connections import connect_nats, connect_redis
+from libs.common.connections import RedisClient, connect_nats, connect_redis
 from libs.common.cors import Cors
 from libs.common.direct_nats import DirectNATS
 from libs.common.http import LIMITS, error_middleware, json_response
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 NATS_CLIENT = web.AppKey("nats", DirectNATS)
-REDIS_CLIENT = web.AppKey("redis", aioredis.Redis)
+REDIS_CLIENT: web.AppKey[RedisClient] = web.AppKey("redis")
 SERVICE_NAME = web.AppKey("service_name", str)
 
 

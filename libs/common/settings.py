@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from libs.common.names import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+
 PREFIX = "SLUICE_"
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -71,8 +73,12 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """All of sluice's configuration; defaults suit ``sluice dev`` on one machine."""
 
+    namespace: Annotated[str, Meta(pattern=NAMESPACE_PATTERN)] = DEFAULT_NAMESPACE
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_tls_ca: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    redis_tls_ca: str = ""
     env: Literal["development", "production"] = "development"
     secret: str = ""
     api_keys: str = ""
@@ -100,6 +106,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     reader_lease_s: Positive = 1.0
 
     log_ttl_s: Count = 3_600
+    log_sync_replicas: Annotated[int, Meta(ge=0)] = 0
+    log_sync_timeout_ms: Count = 1_000
     log_maxlen: Count = 1_000_000
     feedback_maxlen: Count = 100_000
 

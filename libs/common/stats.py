@@ -115,6 +115,8 @@ class Dashboard(msgspec.Struct, frozen=True):
     totals: dict[str, dict[str, float]]
     waste_ratio: float | None
     window_s: float = PERCENTILE_WINDOW_S
+    namespace: str = names.DEFAULT_NAMESPACE
+    """The one namespace these figures come from (``SLUICE_NAMESPACE``)."""
 
 
 dashboard_decoder = msgspec.json.Decoder(Dashboard)
@@ -317,6 +319,7 @@ class Aggregator:
             totals=totals,
             continuation_stall_ms=window("sluice_streamer_continuation_stall_seconds"),
             waste_ratio=round(wasted / generated, 4) if generated else None,
+            namespace=names.NAMESPACE,
         )
 
 

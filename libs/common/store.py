@@ -8,14 +8,22 @@ atomic script that only the first finaliser wins (runner, coordinator or cancel)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any, TypedDict, Unpack
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.crc import key_slot
 
 from libs.common import names
+from libs.common.connections import RedisClient
+from libs.common.settings import Settings
 from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
+
+log = logging.getLogger(__name__)
 
 TERMINAL_ENTRY_ID = b"1-0"
 READ_CHUNK = 512
@@ -27,8 +35,6 @@ redis.call('XADD', KEYS[2], '1-0', 'm', ARGV[2])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then redis.call('SREM', 'sluice:tenant:' .. tenant .. ':active', KEYS[3]) end
 return 1
 """
 
@@ -85,16 +91,18 @@ if active > tonumber(ARGV[2]) then
   end
   return {0, active, false}
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[2], ARGV[3])
 local previous = false
-if KEYS[3] then previous = redis.call('SET', KEYS[3], ARGV[1], 'GET', 'EX', ARGV[4]) end
+if KEYS[2] then previous = redis.call('SET', KEYS[2], ARGV[1], 'GET', 'EX', ARGV[3]) end
 return {1, active, previous}
 """
 
 
+class LogNotReplicated(TimeoutError):
+    """Fewer replicas than ``SLUICE_LOG_SYNC_REPLICAS`` acknowledged a commit in time."""
+
+
 class StreamMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The ``sluice:meta:<id>`` hash; every field optional so partial writes stay valid."""
+    """The ``<ns>:meta:{<id>}`` hash; every field optional so partial writes stay valid."""
 
     status: str = "queued"
     tenant: str = ""
@@ -212,11 +220,32 @@ def _entry_payload(fields: dict[Any, Any] | None) -> bytes:
     return bytes((fields or {})[b"m"])
 
 
+def stream_store(redis: RedisClient, settings: Settings) -> StreamStore:
+    """The store as every service configures it."""
+    return StreamStore(
+        redis,
+        settings.log_ttl_s,
+        settings.log_maxlen,
+        sync_replicas=settings.log_sync_replicas,
+        sync_timeout_ms=settings.log_sync_timeout_ms,
+    )
+
+
 class StreamStore:
     """Reads and writes one stream's log and meta; shared by every service."""
 
-    def __init__(self, redis: aioredis.Redis, ttl_s: int, maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        ttl_s: int,
+        maxlen: int,
+        sync_replicas: int = 0,
+        sync_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
+        self.cluster = isinstance(redis, aioredis.RedisCluster)
+        self.sync_replicas = sync_replicas
+        self.sync_timeout_ms = sync_timeout_ms
         self.ttl_s = ttl_s
         self.maxlen = maxlen
         self.read_chunk = READ_CHUNK
@@ -227,20 +256,26 @@ class StreamStore:
         self._move = redis.register_script(_MOVE)
 
     async def admit(self, stream_id: str, meta: StreamMeta, limit: int) -> Admission:
-        """Take a place among the tenant's ``limit`` active streams, write the meta and
-        make the stream its conversation's current one, in one round trip.
+        """Take a place among the tenant's ``limit`` active streams and make the stream
+        its conversation's current one; the meta is written first.
 
-        One script, so a burst cannot slip past the limit between the count and the
-        add, and a refusal changes nothing: no place kept, no meta, no conversation.
+        The count and the add are one script on the tenant's slot, so a burst cannot
+        slip past the limit; the meta lives in the stream's own slot (a Redis Cluster
+        runs no script across slots), so it is written before and deleted on a refusal:
+        a refusal leaves nothing, and a crash in between leaves an expiring meta that
+        no client ever learnt of, never a place kept for nothing.
         """
-        keys = [names.tenant_active_key(meta.tenant), names.meta_key(stream_id)]
+        meta_key = names.meta_key(stream_id)
+        await self.redis.hset(meta_key, mapping=_as_fields(msgspec.to_builtins(meta)))
+        await self.redis.expire(meta_key, self.ttl_s * 24)
+        keys = [names.tenant_active_key(meta.tenant)]
         if meta.conversation_id:
             keys.append(names.conversation_key(meta.tenant, meta.conversation_id))
-        fields = _as_fields(msgspec.to_builtins(meta))
-        pairs = [item for pair in fields.items() for item in pair]
         admitted, active, previous = await self._admit(
-            keys=keys, args=[stream_id, limit, self.ttl_s * 24, self.ttl_s, *pairs]
+            keys=keys, args=[stream_id, limit, self.ttl_s]
         )
+        if not admitted:
+            await self.redis.delete(meta_key)
         return Admission(
             admitted=bool(admitted),
             active=int(active),
@@ -264,17 +299,75 @@ class StreamStore:
         in the same script, so a runner that lost the stream can never slip a write
         past a continuation); the streams whose batches were refused are returned.
         One script call instead of a pipeline of XADDs: redis-py spends ~20 µs of
-        client CPU on each pipelined command and ~2 µs on each script argument. A
+        client CPU on each pipelined command and ~2 µs on each script argument (on a
+        Redis Cluster, one call per slot, all at once, as a script stays in one slot). A
         replayed batch (a retry after a lost reply) is refused by Redis as a
         duplicate id and skipped, which is exactly the idempotence a retry needs.
         """
-        keys: list[str] = []
-        args: list[bytes | int] = [self.maxlen]
+        groups: dict[int, tuple[list[str], list[bytes | int], list[str]]] = {}
         for stream_id, batch, payload, epoch in entries:
-            keys += (names.log_key(stream_id), names.meta_key(stream_id))
+            log_key = names.log_key(stream_id)  # the meta key shares its hash tag, so its slot
+            keys, args, ids = groups.setdefault(self._slot(log_key), ([], [self.maxlen], []))
+            keys += (log_key, names.meta_key(stream_id))
             args += (b"0-%d" % batch.last, payload, epoch)
-        stale = await self._append(keys=keys, args=args)
-        return {entries[int(index) - 1][0] for index in stale or ()}
+            ids.append(stream_id)
+        stale = await asyncio.gather(
+            *(self._durably(self._append, keys, args) for keys, args, _ in groups.values())
+        )
+        return {
+            ids[int(index) - 1]
+            for (_, _, ids), refused in zip(groups.values(), stale, strict=True)
+            for index in refused or ()
+        }
+
+    async def _durably(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a log-writing script; with ``sync_replicas``, not done until that many
+        replicas hold its writes, so a failover's promoted replica has every entry
+        anyone was shown.
+
+        ``WAIT`` counts the replicas that acknowledged the writes of the connection it
+        is sent on, so the script and the ``WAIT`` go down one connection, pipelined.
+        """
+        if not self.sync_replicas:
+            return await script(keys=keys, args=args)
+        if isinstance(self.redis, aioredis.RedisCluster):
+            await self.redis.initialize()
+            target: dict[str, Any] = {"target_nodes": self.redis.get_node_from_key(keys[0])}
+            pipe: Any = self.redis.pipeline()
+        else:
+            target, pipe = {}, self.redis.pipeline(transaction=False)
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args, **target)
+        pipe.execute_command("WAIT", self.sync_replicas, self.sync_timeout_ms, **target)
+        try:
+            result, acknowledged = await pipe.execute()
+        except (redis.exceptions.ConnectionError, OSError, RuntimeError, AttributeError) as lost:
+            await self._relearn_slots()
+            raise redis.exceptions.ConnectionError(f"log commit lost its node: {lost}") from lost
+        if acknowledged < self.sync_replicas:
+            raise LogNotReplicated(
+                f"{acknowledged} of {self.sync_replicas} replicas within {self.sync_timeout_ms} ms"
+            )
+        return result
+
+    async def _relearn_slots(self) -> None:
+        """After a node is lost, ask the cluster who serves each slot now.
+
+        The pipeline above names its node itself, so redis-py's own refresh after a
+        failed command does not run for it; a retry would go to the dead master again.
+        A connection to a dead node can surface from redis-py's cluster pipeline as a
+        ``RuntimeError`` (closed transport) or ``AttributeError`` (no writer), so the
+        caller maps those to ``ConnectionError`` here, at this one boundary.
+        """
+        if not isinstance(self.redis, aioredis.RedisCluster):
+            return
+        try:
+            await self.redis.nodes_manager.initialize()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("slot map refresh failed: %r", exc)
+
+    def _slot(self, key: str) -> int:
+        """The key's Redis Cluster slot; one server takes any keys in one script."""
+        return key_slot(key.encode()) if self.cluster else 0
 
     async def logged_tokens(self, stream_id: str) -> int:
         """How many tokens the log holds: the id of its last token entry."""
@@ -332,12 +425,19 @@ class StreamStore:
 
         Returns False when another finaliser got there first (the stream keeps its end),
         or when ``attempt`` (an epoch) is given and the stream has moved to a later one.
+        The tenant's place is given back first, in its own slot: a crash in between can
+        let the tenant run one stream over its limit for a while, never keep a place
+        forever.
         """
+        tenant = await self.redis.hget(names.meta_key(stream_id), "tenant")
+        if tenant is not None:
+            await self.redis.srem(names.tenant_active_key(_text(tenant)), stream_id)
         now = time.time_ns()
         pairs = [item for pair in _meta_fields(fields).items() for item in pair]
-        won = await self._finish(
-            keys=[names.meta_key(stream_id), names.log_key(stream_id), stream_id],
-            args=[now, payload, self.ttl_s, "" if attempt is None else attempt, *pairs],
+        won = await self._durably(
+            self._finish,
+            [names.meta_key(stream_id), names.log_key(stream_id)],
+            [now, payload, self.ttl_s, "" if attempt is None else attempt, *pairs],
         )
         return bool(won)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -17,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import names, tracing
 from libs.common.api import StreamRequest
 from libs.common.auth import new_stream_id
+from libs.common.connections import RedisClient
 from libs.common.errors import InvalidRequest, Unavailable, from_type
 from libs.common.prompts import park_if_large
 from libs.common.settings import Settings
@@ -58,7 +58,7 @@ def build_submit(
     )
 
 
-async def submit(nc: NATS, redis: aioredis.Redis, settings: Settings, message: Submit) -> Accepted:
+async def submit(nc: NATS, redis: RedisClient, settings: Settings, message: Submit) -> Accepted:
     """Hand the stream to a coordinator; its refusal becomes the matching error.
 
     The stream's trace starts here, and travels to the coordinator in the headers. A

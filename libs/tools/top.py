@@ -61,7 +61,8 @@ def render(d: Dashboard, color: bool = True) -> str:
     bold, dim, reset = (BOLD, DIM, RESET) if color else ("", "", "")
     waste = "" if d.waste_ratio is None else f" ({100 * d.waste_ratio:.1f}% of generated)"
     lines = [
-        f"{bold}sluice top{reset}  {dim}{time.strftime('%H:%M:%S')}  "
+        f"{bold}sluice top{reset}  namespace {bold}{d.namespace}{reset}"
+        f"  {dim}{time.strftime('%H:%M:%S')}  "
         + "  ".join(f"{name} x{count}" for name, count in sorted(d.instances.items()))
         + reset,
         "",

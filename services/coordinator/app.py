@@ -8,7 +8,7 @@ from aiohttp import web
 
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import stream_store
 from services.coordinator.coordinator import Coordinator
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
@@ -16,7 +16,7 @@ COORDINATOR = web.AppKey("coordinator", Coordinator)
 
 async def _coordinator(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    store = stream_store(app[REDIS_CLIENT], settings)
     coordinator = Coordinator(settings, app[NATS_CLIENT], store)
     app[COORDINATOR] = coordinator
     await coordinator.start()

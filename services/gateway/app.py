@@ -11,7 +11,7 @@ from libs.common.control_frames import HARD_FRAME_BYTES
 from libs.common.http import LIMITS, json_response, read_body, request_tenant
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import stream_store
 from services.gateway import dashboard, ui
 from services.gateway.control_socket import ControlSession
 from services.gateway.streams import Streams
@@ -54,7 +54,7 @@ async def control(request: web.Request) -> web.WebSocketResponse:
 
 async def _streams(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    store = stream_store(app[REDIS_CLIENT], settings)
     app[STREAMS] = Streams(settings, app[NATS_CLIENT], store)
     yield
 

@@ -1,6 +1,6 @@
 """``/dashboard``: the whole suite's live figures, without Grafana.
 
-Every service publishes its figures on ``sluice.stats`` each second; the gateway's
+Every service publishes its figures on ``<ns>.stats`` each second (its namespace's own); the gateway's
 :class:`~libs.common.stats.Aggregator` adds them up and ``/dashboard/stats`` answers
 the sum as JSON. The page is one self-contained HTML document (no external assets,
 no build step) that polls that feed every second; ``sluice top`` reads the same feed.
@@ -76,7 +76,7 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <header>
-  <h1>sluice</h1>
+  <h1>sluice <span id="namespace" title="SLUICE_NAMESPACE"></span></h1>
   <span id="state">connecting&hellip;</span>
   <span id="updated"></span>
 </header>
@@ -141,6 +141,7 @@ function render(d) {
   rows("delivery", [...breakdown(d.totals, "sluice_streamer_disconnects").map(([k, v]) => ["disconnect: " + k, v]),
     ...breakdown(d.totals, "sluice_streamer_resumes").map(([, v]) => ["resumes", v]),
     ...breakdown(d.totals, "sluice_tokens_wasted").map(([k, v]) => ["wasted: " + k, v])]);
+  setText("namespace", d.namespace);
   rows("instances", Object.entries(d.instances).sort().map(([k, v]) => [k, num(v)]));
 }
 async function poll() {

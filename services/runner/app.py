@@ -8,7 +8,7 @@ from aiohttp import web
 
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import stream_store
 from services.runner.backends import Backend
 from services.runner.backends.sim import SimBackend
 from services.runner.runner import Runner
@@ -31,7 +31,7 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    store = stream_store(app[REDIS_CLIENT], settings)
     backends = build_backends(settings)
     runner = Runner(settings, app[NATS_CLIENT], store, backends)
     app[RUNNER] = runner

@@ -13,7 +13,7 @@ from aiohttp import web
 from libs.common import sse
 from libs.common.service import NATS_CLIENT, REDIS_CLIENT, SETTINGS, create_base_app
 from libs.common.settings import Settings
-from libs.common.store import StreamStore
+from libs.common.store import stream_store
 from libs.common.stream_control import StreamControl
 from services.streamer import chat
 from services.streamer.delivery import Opening, deliver, held, open_reading, reader_for
@@ -51,7 +51,7 @@ def _raise_open_files_limit() -> None:
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     _raise_open_files_limit()
-    app[STORE] = StreamStore(app[REDIS_CLIENT], settings.log_ttl_s, settings.log_maxlen)
+    app[STORE] = stream_store(app[REDIS_CLIENT], settings)
     streamer_id = f"{socket.gethostname()}-{os.getpid()}"
     app[HUB] = Hub(app[NATS_CLIENT], streamer_id, settings.reader_lease_s)
     await app[HUB].start()

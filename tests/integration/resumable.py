@@ -37,6 +37,9 @@ class Transcript:
     statuses: list[Any] = field(default_factory=list)
     reconnect_reasons: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    last_token_at: float = 0.0
+    longest_stall_s: float = 0.0
+    """The longest wait between two token frames, over reconnects."""
 
     @property
     def text(self) -> str:
@@ -186,6 +189,10 @@ def _take(transcript: Transcript, event: Event) -> None:
         )
     transcript.texts.append(data["text"])
     transcript.last_id = data["seq"]
+    now = time.monotonic()
+    if transcript.last_token_at:
+        transcript.longest_stall_s = max(transcript.longest_stall_s, now - transcript.last_token_at)
+    transcript.last_token_at = now
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:

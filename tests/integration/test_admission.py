@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.client.http import Received, SluiceClient
+from libs.common import names
 from libs.tools.stack import Stack
 from tests import conftest
 from tests.integration.helpers import final, metric, read_stream, sim, tokens
@@ -170,7 +171,7 @@ async def test_a_runner_that_stops_heartbeating_leaves_the_rotation_and_its_answ
         readers = [asyncio.create_task(read_stream(session, c["events_url"])) for c in created]
 
         async def placed() -> bool:
-            ids = [await meta.hget(f"sluice:meta:{c['id']}", "runner_id") for c in created]
+            ids = [await meta.hget(names.meta_key(c["id"]), "runner_id") for c in created]
             return all(ids)
 
         await until(placed, 10, "every stream placed")
@@ -178,8 +179,7 @@ async def test_a_runner_that_stops_heartbeating_leaves_the_rotation_and_its_answ
         on_frozen = {
             c["id"]
             for c in created
-            if (await meta.hget(f"sluice:meta:{c['id']}", "runner_id"))
-            == b"runner-%d" % frozen.port
+            if (await meta.hget(names.meta_key(c["id"]), "runner_id")) == b"runner-%d" % frozen.port
         }
         assert len(on_frozen) == SLOTS, "least-loaded placement fills both runners"
         for c, received in zip(created, await asyncio.gather(*readers), strict=True):
@@ -194,7 +194,7 @@ async def test_a_runner_that_stops_heartbeating_leaves_the_rotation_and_its_answ
         later = [await client.create(**body) for _ in range(SLOTS)]
         for c in later:
             assert final(await read_stream(session, c["events_url"])).type == "done"
-            runner = await meta.hget(f"sluice:meta:{c['id']}", "runner_id")
+            runner = await meta.hget(names.meta_key(c["id"]), "runner_id")
             assert runner != b"runner-%d" % frozen.port
         all_alive(crowded)
     finally:

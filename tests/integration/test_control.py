@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs.client.http import Received, SluiceClient
+from libs.common import names
 from libs.common.store import StreamStore
 from libs.common.wire import Done, tokens_codec
 from libs.tools.stack import Stack
@@ -243,7 +244,7 @@ async def test_feedback_is_stored_in_the_feedback_stream_with_tenant_and_stream_
         "stream_id": created["id"],
     }
     async with aioredis.from_url(stack.redis_url, decode_responses=True) as redis:
-        entries = await redis.xrevrange("sluice:feedback", count=50)
+        entries = await redis.xrevrange(names.FEEDBACK_STREAM, count=50)
     stored = [
         fields for _, fields in entries or [] if fields and fields["stream_id"] == created["id"]
     ]

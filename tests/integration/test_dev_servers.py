@@ -72,6 +72,14 @@ def sluice_dev(workdir: Path, nats_url: str, redis_url: str) -> Iterator[str]:
     assert process.returncode == 0, output.read_text()
 
 
+def printed_namespace(workdir: Path) -> str:
+    """The namespace ``sluice dev`` said its suite uses."""
+    for line in (workdir / "dev.out").read_text().splitlines():
+        if line.split()[:1] == ["namespace"]:
+            return line.split()[1]
+    raise AssertionError("sluice dev printed no namespace")
+
+
 def executable_of(pid: int) -> Path:
     return Path(f"/proc/{pid}/exe").resolve()
 
@@ -97,6 +105,7 @@ async def test_dev_with_no_server_on_path_starts_nats_and_valkey_from_their_whee
             assert str(server["valkey_version"]).startswith("8.")
             assert executable_of(server["process_id"]) == wheel_binary("valkey-server")
             stream_id = await stream_once(session, gateway)
+            assert printed_namespace(tmp_path) == names.DEFAULT_NAMESPACE
             assert await started.exists(names.log_key(stream_id))
     wait_until_free(redis_port)
     assert port_is_free(redis_port) and port_is_free(nats_port), "dev stopped what it started"
@@ -111,7 +120,11 @@ async def test_dev_reuses_the_servers_answering_at_the_configured_urls(
         async with aioredis.Redis(port=own.port) as reused:
             with sluice_dev(tmp_path / "dev", nats.url, f"{own.url}/0") as gateway:
                 stream_id = await stream_once(session, gateway)
-                assert await reused.exists(names.log_key(stream_id))
+                namespace = printed_namespace(tmp_path / "dev")
+                assert namespace.startswith("dev-"), (
+                    "servers it did not start: a namespace of its own"
+                )
+                assert await reused.exists(names.in_namespace(names.log_key(stream_id), namespace))
             assert not (tmp_path / "dev" / "redis").exists(), "no server of its own started"
             assert await reused.ping(), "dev leaves a server it reused running"
     finally:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from libs.client.http import SluiceClient
+from libs.common import names
 from libs.common.settings import load_settings
 from libs.tools.stack import Stack
 from services.runner.backends.sim import sim_tokens
@@ -51,7 +52,7 @@ async def test_a_valid_large_request_streams_its_own_answer(
     assert final(received).type == "done"
     assert text(received) == "".join(itertools.islice(sim_tokens(prompt, 0), TOKENS))
     with redis.Redis.from_url(stack.redis_url) as r:
-        assert not r.exists(f"sluice:prompt:{created['id']}")
+        assert not r.exists(names.prompt_key(created["id"]))
 
 
 async def test_one_byte_past_the_limit_is_413(client: SluiceClient) -> None:

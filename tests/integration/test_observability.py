@@ -556,6 +556,7 @@ async def test_dashboard_page_shows_live_figures_in_headless_chromium(
         assert number(figure(dom, "tokens_per_s")) > 0
         assert number(figure(dom, "open_connections")) >= 1
         assert number(figure(dom, "runners_alive")) == 1
+        assert figure(dom, "namespace") == figures["namespace"] == "sluice"
         assert figure(dom, "slots").endswith("/ 256")
         assert re.search(r"<td>completed</td><td>\d+</td>", dom), "streams ended by status"
         ttft = re.search(r"<td>time to first token \(model\)</td><td>([\d.,]+)</td>", dom)
@@ -602,6 +603,7 @@ async def test_sluice_top_prints_the_same_figures(
     assert "\x1b[" not in screen, "no colour codes when the output is not a terminal"
     assert re.search(r"streams running \d+ / 256 slots", screen), screen
     assert re.search(r"runners alive 1\b", screen), screen
+    assert "namespace sluice" in screen, screen
     assert re.search(r"ended\s+.*completed \d+", screen), screen
     assert re.search(r"errors\s+.*invalid_request \d+", screen), screen
     assert "time to first token (model)" in screen

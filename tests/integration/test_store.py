@@ -61,7 +61,7 @@ async def test_only_the_first_finaliser_ends_a_stream_and_nothing_follows_it(
     assert entries[-1] == done
     meta = await store.meta(stream_id)
     assert meta is not None and meta.status == "completed"
-    assert 0 < await store.redis.ttl(f"sluice:log:{stream_id}") <= 60
+    assert 0 < await store.redis.ttl(names.log_key(stream_id)) <= 60
 
 
 async def test_a_late_start_on_a_second_runner_does_not_generate_again(store: StreamStore) -> None:
@@ -120,7 +120,7 @@ async def test_admitting_under_the_limit_writes_meta_and_takes_a_place(store: St
     assert await store.meta(stream_id) == queued(tenant)
     assert 60 * 23 < await store.redis.ttl(names.meta_key(stream_id)) <= 60 * 24
     assert await store.redis.smembers(names.tenant_active_key(tenant)) == {stream_id.encode()}
-    assert not [key async for key in store.redis.scan_iter(f"sluice:conv:{tenant}:*")]
+    assert not [key async for key in store.redis.scan_iter(names.conversation_key(tenant, "*"))]
 
 
 async def test_a_refusal_at_the_limit_changes_nothing(store: StreamStore) -> None:

@@ -16,6 +16,7 @@ def test_deps_lists_only_the_tools_missing_from_path(
 ) -> None:
     executable(tmp_path, "chromium")
     executable(tmp_path, "nginx")
+    executable(tmp_path, "openssl")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert deps.missing() == ["promtool"]
     assert deps.packages(deps.missing()) == ["prometheus"]

@@ -38,6 +38,8 @@ def test_values_are_read_and_converted_from_the_environment() -> None:
         ("SLUICE_HEARTBEAT_S", "0"),
         ("SLUICE_GATEWAY_PORT", "70000"),
         ("SLUICE_MAX_CONNECTIONS", "-1"),
+        ("SLUICE_NAMESPACE", "a.b"),
+        ("SLUICE_NAMESPACE", "team *"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(variable: str, value: str) -> None:

@@ -22,6 +22,7 @@ from types import ModuleType
 
 from libs.tools import helptext
 from libs.tools.bench.usage import cpu_shares, format_shares
+from libs.tools.clusters import nats_cluster, redis_cluster
 from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 
@@ -56,18 +57,31 @@ class Suite:
 
 
 @contextmanager
-def own_suite(env: dict[str, str]) -> Iterator[Suite]:
-    """NATS, Redis and the four services, private to this run."""
+def own_suite(env: dict[str, str], servers: str = "single") -> Iterator[Suite]:
+    """NATS, Redis and the four services, private to this run.
+
+    ``servers="cluster"`` starts a 3-node NATS cluster and a 6-node Redis Cluster (3
+    masters, 3 replicas) instead, so the two can be measured side by side.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
-    nats = nats_server(workdir=workdir / "nats").start()
-    redis = redis_server(workdir=workdir / "redis", appendonly=False).start()
-    stack = Stack(nats.url, f"{redis.url}/0", workdir, env={"SLUICE_LOG_LEVEL": "WARNING", **env})
+    env = {"SLUICE_LOG_LEVEL": "WARNING", **env}
+    if servers == "cluster":
+        nats_nodes = nats_cluster(workdir / "nats").start()
+        redis_nodes = redis_cluster(workdir / "redis").start()
+        started = [node.server for node in nats_nodes.nodes] + redis_nodes.nodes
+        urls = nats_nodes.url, redis_nodes.url
+        env["SLUICE_REDIS_CLUSTER"] = "1"
+    else:
+        nats = nats_server(workdir=workdir / "nats").start()
+        redis = redis_server(workdir=workdir / "redis", appendonly=False).start()
+        started, urls = [nats, redis], (nats.url, f"{redis.url}/0")
+    stack = Stack(*urls, workdir, env=env)
     try:
-        yield Suite(stack.start(), [nats, redis])
+        yield Suite(stack.start(), started)
     finally:
         stack.stop()
-        nats.stop()
-        redis.stop()
+        for server in started:
+            server.stop()
 
 
 def main(argv: list[str]) -> None:
@@ -86,13 +100,20 @@ def main(argv: list[str]) -> None:
             "--gateway", help="a running suite's gateway URL (default: start one)"
         )
         mode_parser.add_argument("--json", help="also write the raw figures to this file")
+        mode_parser.add_argument(
+            "--servers",
+            choices=("single", "cluster"),
+            default="single",
+            help="the suite it starts uses one NATS and one Redis, or a 3-node NATS "
+            "cluster and a 3-master Redis Cluster (SLUICE_LOG_SYNC_REPLICAS passes through)",
+        )
         module.add_arguments(mode_parser)
     args = parser.parse_args(argv or ["latency"])
     module = _module(args.mode)
     if args.gateway or not getattr(module, "NEEDS_SUITE", True):
         module.run(args, args.gateway)
         return
-    with own_suite(getattr(module, "SUITE_ENV", {})) as suite:
+    with own_suite(getattr(module, "SUITE_ENV", {}), args.servers) as suite:
         with cpu_shares(suite.pids()) as shares:
             module.run(args, suite.stack.gateway)
         print(f"\nsuite CPU over the run: {format_shares(shares)}")
