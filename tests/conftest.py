@@ -167,15 +167,5 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def redis(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis]:
-    """A client of the session's Redis."""
-    client = aioredis.Redis.from_url(servers[1])
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 def client(session: aiohttp.ClientSession, stack: Stack) -> SluiceClient:
     return SluiceClient(session, stack.gateway)

@@ -66,7 +66,7 @@ async def test_a_commit_returns_once_the_replica_holds_it(
     stream_id = ""
     for _ in range(20):
         stream_id = new_stream_id()
-        await store.append([(stream_id, *one_batch())])
+        await store.append([(stream_id, *one_batch(), 0)])
         assert await replica_store.logged_tokens(stream_id) == 2, "the replica has it already"
     done = Done(finish_reason="stop", tokens=2)
     assert await store.finish(stream_id, done, tokens_codec.encode(done), status="completed")
@@ -79,5 +79,5 @@ async def test_a_commit_no_replica_acknowledges_fails_as_transient(
     primary, _ = clients
     store = StreamStore(primary, 60, 1000, sync_replicas=2, sync_timeout_ms=SYNC_TIMEOUT_MS)
     with pytest.raises(LogNotReplicated, match="1 of 2 replicas within 200 ms") as raised:
-        await store.append([(new_stream_id(), *one_batch())])
+        await store.append([(new_stream_id(), *one_batch(), 0)])
     assert isinstance(raised.value, TRANSIENT), "the log writer retries it"
