@@ -193,22 +193,33 @@ async def test_text_and_outcome(
     assert outcome.prompt_tokens == len(submit.prompt_text.split())
 
 
-async def test_many_concurrent_sequences_keep_their_schedule(backend: SimBackend) -> None:
-    """One loop serves them all, each token at ttft + i/rate: never early, never far late."""
+def test_many_concurrent_sequences_keep_their_schedule() -> None:
+    """One loop serves them all, each token at ttft + i/rate: never early, never far late.
+
+    On an event loop of its own: the session's loop carries other tests' leftovers,
+    whose turns would be counted as the sim's lateness.
+    """
     streams, tokens, rate, ttft_ms = 200, 20, 200.0, 20
     sinks = [RecordingSink() for _ in range(streams)]
     outcomes = [Outcome() for _ in range(streams)]
     started = [0.0] * streams
 
-    async def run(k: int) -> None:
+    async def run(backend: SimBackend, k: int) -> None:
         submit = make_submit(
             f"prompt {k}", ttft_ms=ttft_ms, tokens_per_s=rate, tokens=tokens, seed=k
         )
         started[k] = time.monotonic()  # the backend's clock starts just after this
         await backend.generate(submit, outcomes[k], sinks[k])
 
-    async with asyncio.timeout(10):
-        await asyncio.gather(*(run(k) for k in range(streams)))
+    async def run_all() -> None:
+        backend = SimBackend()
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(run(backend, k) for k in range(streams)))
+        finally:
+            await backend.close()
+
+    asyncio.run(run_all())
 
     lateness: list[float] = []
     for k, sink in enumerate(sinks):
@@ -218,10 +229,10 @@ async def test_many_concurrent_sequences_keep_their_schedule(backend: SimBackend
             due = started[k] + ttft_ms / 1000 + i / rate
             assert at >= due - 1e-6, f"stream {k} token {i} came {due - at:.6f}s early"
             lateness.append(at - due)
-    assert max(lateness) < 0.5, (
-        f"worst lateness {max(lateness):.4f}s"
-    )  # 10x margin: CI shares cores
-    assert statistics.median(lateness) < 0.050, "tokens wait for a slow tick"
+    # Generous margins (a loaded CI core stalls a loop now and then); a slow tick shows
+    # as every token late, which the median catches.
+    assert max(lateness) < 0.5, f"worst lateness {max(lateness):.4f}s"
+    assert statistics.median(lateness) < 0.020, "tokens wait for a slow tick"
 
 
 async def test_cancel_stops_pushes_at_once(backend: SimBackend) -> None:
