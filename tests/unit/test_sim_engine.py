@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import statistics
 import time
@@ -196,8 +197,9 @@ async def test_text_and_outcome(
 def test_many_concurrent_sequences_keep_their_schedule() -> None:
     """One loop serves them all, each token at ttft + i/rate: never early, never far late.
 
-    On an event loop of its own: the session's loop carries other tests' leftovers,
-    whose turns would be counted as the sim's lateness.
+    On an event loop of its own, with the test session's heap frozen: the session's
+    loop carries other tests' leftovers, and a full collection of the heap that 700
+    tests leave behind takes ~150 ms; either would be counted as the sim's lateness.
     """
     streams, tokens, rate, ttft_ms = 200, 20, 200.0, 20
     sinks = [RecordingSink() for _ in range(streams)]
@@ -219,7 +221,12 @@ def test_many_concurrent_sequences_keep_their_schedule() -> None:
         finally:
             await backend.close()
 
-    asyncio.run(run_all())
+    gc.collect()
+    gc.freeze()
+    try:
+        asyncio.run(run_all())
+    finally:
+        gc.unfreeze()
 
     lateness: list[float] = []
     for k, sink in enumerate(sinks):
