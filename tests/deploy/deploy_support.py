@@ -28,6 +28,7 @@ ROUTES = {
     "/v1/streams/st_abc": "gateway",
     "/v1/streams/st_abc/cancel": "gateway",
     "/v1/streams/st_abc/events": "streamer",
+    "/v1/streams/st_abc/ws": "streamer",
     "/v1/chat/completions": "streamer",
     "/v1/models": "streamer",
     "/v1/control": "gateway",

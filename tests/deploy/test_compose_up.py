@@ -21,7 +21,14 @@ import aiohttp
 import pytest
 from deploy_support import DEPLOY, PODMAN_ENV, ROOT, image_test_marks
 
-from libs.client.http import Received, SluiceClient, StreamRefused, events
+from libs.client.http import (
+    Received,
+    SluiceClient,
+    StreamRefused,
+    events,
+    socket_events,
+    socket_url,
+)
 from libs.tools.servers import free_port
 
 pytestmark = image_test_marks()
@@ -150,3 +157,27 @@ async def test_a_cancel_through_the_edge_ends_the_stream(client: SluiceClient) -
     assert received[-1].type == "done"
     assert received[-1].json()["finish_reason"] == "cancelled"
     assert seqs(received)[-1] < 2000
+
+
+async def test_the_chat_page_and_its_sdk_are_served_through_the_edge(
+    client: SluiceClient, edge: str
+) -> None:
+    async with client.session.get(edge + "/") as page:
+        assert page.status == 200 and page.content_type == "text/html"
+        assert "/ui/chat.js" in await page.text()
+    async with client.session.get(edge + "/sdk/sluice.js") as sdk:
+        assert sdk.status == 200 and "javascript" in sdk.content_type
+
+
+async def test_a_stream_reads_over_the_websocket_data_path_through_the_edge(
+    client: SluiceClient,
+) -> None:
+    created = await create(client, tokens=30, tokens_per_s=200)
+
+    async def follow() -> list[Received]:
+        async with client.session.ws_connect(socket_url(created["events_url"])) as ws:
+            return [event async for event in socket_events(ws)]
+
+    received = await asyncio.wait_for(follow(), TIMEOUT_S)
+    assert seqs(received) == list(range(1, 31))
+    assert received[-1].type == "done"

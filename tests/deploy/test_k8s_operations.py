@@ -174,7 +174,10 @@ def test_prod_httproute_routes_like_the_ingress(
     assert route["spec"]["hostnames"]
     name, timeouts = route_backend(route, path)
     assert name == expected
-    long_lived = path.endswith("/events") or path in {"/v1/chat/completions", "/v1/control"}
+    long_lived = path.endswith(("/events", "/ws")) or path in {
+        "/v1/chat/completions",
+        "/v1/control",
+    }
     assert (timeouts["request"] == "1h") == long_lived, (path, timeouts)
     assert timeouts["backendRequest"] == timeouts["request"]
 
