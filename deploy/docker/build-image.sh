@@ -19,4 +19,7 @@ else
   base=$local_base
 fi
 
-podman build --format docker --network host --build-arg "PYTHON_IMAGE=$base" --tag "$image" .
+# --no-cache: podman's builder caches a RUN that mounts another stage's files by its
+# text alone, so a cached build kept installing an old sluice; a full build takes ~20 s.
+podman build --no-cache --format docker --network host --build-arg "PYTHON_IMAGE=$base" \
+  --tag "$image" .
