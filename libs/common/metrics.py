@@ -26,6 +26,8 @@ def geometric_buckets(low: float, high: float, per_doubling: int) -> tuple[float
 
 
 LATENCY_BUCKETS_S = geometric_buckets(0.0005, 60.0, 8)
+HOP_BUCKETS_S = geometric_buckets(0.00002, 10.0, 8)
+"""From 20 µs: a hop inside one process takes tens of µs, and 0.5 ms would hide it."""
 DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 RATE_BUCKETS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 20000.0)
 
@@ -49,6 +51,7 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
     "sluice.cancel_to_stop": LATENCY_BUCKETS_S,
     "sluice.coordinator.queue_wait": LATENCY_BUCKETS_S,
     "sluice.streamer.continuation_stall": LATENCY_BUCKETS_S,
+    "sluice.token.hop": HOP_BUCKETS_S,
 }
 
 _meter = metrics.get_meter("sluice")
@@ -145,6 +148,18 @@ continuation_stall = _meter.create_histogram(
     description="Last token before an answer moved to the first token after, as readers saw it",
 )
 
+token_hop = _meter.create_histogram(
+    "sluice.token.hop",
+    unit="s",
+    description=(
+        "Time since the model emitted a token, at each hop of its way: committed (taken into"
+        " a log commit), logged, published, received (by a streamer), written (to a client);"
+        f" tokens numbered 1, {PER_TOKEN_SAMPLE + 1}, {2 * PER_TOKEN_SAMPLE + 1}... of each stream"
+    ),
+)
+HOPS = ("committed", "logged", "published", "received", "written")
+HOP_ATTRIBUTES = {hop: {"hop": hop} for hop in HOPS}
+
 streamer_open_connections = _meter.create_up_down_counter(
     "sluice.streamer.open_connections", description="Open SSE streams"
 )
@@ -202,6 +217,19 @@ ZEROED: dict[str, list[tuple[metrics.Counter, dict[str, str]]]] = {
 def sampled(index: int) -> bool:
     """Whether the ``index``-th value of a per-token series (counting from 0) is recorded."""
     return index % PER_TOKEN_SAMPLE == 0
+
+
+def hop_sampled(first: int, count: int) -> bool:
+    """Whether tokens ``first``..``first + count - 1`` hold one whose hops are recorded.
+
+    Chosen by token number, so every process records the same tokens' hops and the
+    figures of one hop can be set against the next.
+    """
+    return count > 0 and (first + count - 2) // PER_TOKEN_SAMPLE != (first - 2) // PER_TOKEN_SAMPLE
+
+
+def record_hop(hop: str, emitted_ns: int, now_ns: int) -> None:
+    token_hop.record(max(0, now_ns - emitted_ns) / 1e9, HOP_ATTRIBUTES[hop])
 
 
 def zero_counters(service: str) -> None:

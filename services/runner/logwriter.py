@@ -201,7 +201,10 @@ class LogWriter:
         logged = [
             (buffer.stream_id, batch, payload, buffer.epoch) for buffer, batch, payload in entries
         ]
+        traced = [b.ts for _, b, _ in entries if metrics.hop_sampled(b.first, len(b.texts))]
+        _hops("committed", traced)
         fenced = await retry_forever(lambda: self._store.append(logged), "log append", "*")
+        _hops("logged", traced)
         if fenced:
             entries = [entry for entry in entries if entry[0].stream_id not in fenced]
         try:
@@ -211,6 +214,7 @@ class LogWriter:
         except TRANSIENT:  # nothing was queued: publish one by one, riding out the outage
             for buffer, _, payload in entries:
                 await self._publish(buffer, payload)
+        _hops("published", traced)
         metrics.runner_tokens.add(sum(len(batch.texts) for _, batch, _ in entries))
         for buffer in buffers:
             buffer.in_flight = False
@@ -225,6 +229,13 @@ class LogWriter:
         await retry_forever(
             lambda: self._nc.publish(buffer.subject, payload), "publish", buffer.stream_id
         )
+
+
+def _hops(hop: str, emitted: list[int]) -> None:
+    if emitted:
+        now = time.time_ns()
+        for stamp in emitted:
+            metrics.record_hop(hop, stamp, now)
 
 
 def _fence(buffer: TokenBuffer) -> None:

@@ -34,6 +34,7 @@ from libs.common.tasks import cancel_and_wait
 from libs.common.wire import (
     Pace,
     ReaderLease,
+    TokenBatch,
     control_codec,
     lease_codec,
     lifecycle_codec,
@@ -65,6 +66,10 @@ class Channel:
     def on_message(self, subject: str, data: bytes) -> None:
         if subject.endswith(".tokens"):
             message = tokens_codec.decode(data)
+            if type(message) is TokenBatch and metrics.hop_sampled(
+                message.first, len(message.texts)
+            ):
+                metrics.record_hop("received", message.ts, time.time_ns())
             self._last_token = time.monotonic()
             if self._moved_after:
                 metrics.continuation_stall.record(self._last_token - self._moved_after)

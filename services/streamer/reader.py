@@ -387,9 +387,11 @@ class Reader:
             )
         else:
             frame = self._frames.tokens(last, texts, ts, channels)
-        self.sent = last
+        first, self.sent = self.sent + 1, last
         if metrics.sampled(self._token_frames):
             metrics.streamer_delivery_lag.record(max(0, time.time_ns() - ts) / 1e9)
+        if metrics.hop_sampled(first, len(texts)):
+            metrics.record_hop("written", ts, time.time_ns())
         if not self._token_frames:
             metrics.streamer_first_frame.record(time.monotonic() - self._timing.opened)
         self._token_frames += 1
