@@ -8,8 +8,13 @@ and the message dropped, as a callback's would be. :class:`DirectParser` reads t
 protocol by offset, without a regular expression, a buffer deletion or a coroutine
 per message.
 
-Sending: :meth:`DirectNATS.publish_many` queues a whole commit's messages as one
-command instead of building and queueing each on its own.
+Sending: nats-py queues every command for a flusher task, which costs each publish a
+future, a queue put and a task switch before its bytes reach the socket (a turn of
+the event loop on every token's way). :class:`DirectNATS` writes a command at once
+instead, behind whatever is still queued, whenever the connection is up and its
+socket keeps up; otherwise it queues as nats-py does, which also buffers through a
+reconnect. :meth:`DirectNATS.publish_many` builds a whole commit's messages as one
+command.
 
 Both use nats-py internals (``Parser``, ``_ps``, ``_process_*``, ``_send_command``);
 the pinned nats-py version, the tests of this module and the end-to-end tests guard them.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from nats import errors
 from nats.aio.client import Client as NATS
@@ -37,6 +43,9 @@ from nats.protocol.parser import (
 log = logging.getLogger(__name__)
 
 DirectHandler = Callable[[str, bytes], None]
+DIRECT_WRITE_LIMIT = 1 << 20
+"""Bytes the socket may hold unsent before commands queue for the flusher, which waits
+for the socket to drain: the back-pressure nats-py applies."""
 MSG = b"MSG "
 CRLF = b"\r\n"
 
@@ -76,8 +85,35 @@ class DirectNATS(NATS):
         self.stats["out_msgs"] += len(messages)
         self.stats["out_bytes"] += size
         await self._send_command(command)
-        if self._flush_queue is not None and self._flush_queue.empty():
+        if self._pending and self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+    async def _send_command(self, cmd: bytes, priority: bool = False) -> None:
+        if priority or not self._write_now(cmd):
+            await super()._send_command(cmd, priority)
+
+    async def _flush_pending(self, force_flush: bool = False) -> Any:
+        """Nothing queued (the command went straight out): no future, no flusher wake-up."""
+        if not self._pending:
+            return None
+        return await super()._flush_pending(force_flush)
+
+    def _write_now(self, command: bytes) -> bool:
+        """Write ``command`` to the socket now, after anything queued before it, if the
+        connection is up and the socket is not backing up; False to queue it instead."""
+        writer = getattr(self._transport, "_io_writer", None)
+        if (
+            not self.is_connected
+            or writer is None
+            or writer.transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT
+        ):
+            return False
+        if self._pending:
+            writer.writelines([*self._pending, command])
+            self._pending, self._pending_data_size = [], 0
+        else:
+            writer.write(command)
+        return True
 
     def direct_handler(self, sid: int) -> DirectHandler | None:
         return self._direct.get(sid)
