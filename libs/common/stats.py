@@ -131,10 +131,11 @@ def _breakdown(family: Metric, label: str) -> dict[str, float]:
     return values
 
 
-def _buckets(family: Metric) -> Buckets:
+def buckets(family: Metric, **labels: str) -> Buckets:
+    """A histogram family's buckets, summed over its series, or over those with ``labels``."""
     by_bound: dict[float, float] = {}
     for sample in family.samples:
-        if sample.name.endswith("_bucket"):
+        if sample.name.endswith("_bucket") and labels.items() <= sample.labels.items():
             bound = float(sample.labels["le"])
             by_bound[bound] = by_bound.get(bound, 0.0) + sample.value
     bounds = sorted(by_bound)
@@ -152,7 +153,7 @@ def snapshot(service: str, instance: str, families: Iterable[Metric]) -> Service
         elif family.name in GAUGES:
             gauges[family.name] = sum(sample.value for sample in family.samples)
         elif family.name in HISTOGRAMS:
-            histograms[family.name] = _buckets(family)
+            histograms[family.name] = buckets(family)
     return ServiceStats(
         service=service,
         instance=instance,
@@ -204,7 +205,8 @@ def quantile(q: float, buckets: Buckets) -> float | None:
     return lower
 
 
-def _minus(new: Buckets, old: Buckets | None) -> Buckets:
+def minus(new: Buckets, old: Buckets | None) -> Buckets:
+    """What ``new`` counted since ``old`` (all of it when there was no ``old``)."""
     if old is None or old.bounds != new.bounds:
         return new
     return Buckets(new.bounds, [a - b for a, b in zip(new.counts, old.counts, strict=True)])
@@ -285,8 +287,8 @@ class Aggregator:
                 new = instance.latest[1].histograms.get(name)
                 if new is None:
                     continue
-                delta = _minus(new, instance.ago(PERCENTILE_WINDOW_S)[1].histograms.get(name))
-                merged = delta if merged is None else _plus(merged, delta)
+                delta = minus(new, instance.ago(PERCENTILE_WINDOW_S)[1].histograms.get(name))
+                merged = delta if merged is None else plus(merged, delta)
             return _percentiles(merged)
 
         totals: dict[str, dict[str, float]] = {}
@@ -327,7 +329,7 @@ def _total(stats: ServiceStats, family: str) -> float:
     return sum(stats.counters.get(family, {}).values())
 
 
-def _plus(a: Buckets, b: Buckets) -> Buckets:
+def plus(a: Buckets, b: Buckets) -> Buckets:
     if a.bounds != b.bounds:
         return a
     return Buckets(a.bounds, [x + y for x, y in zip(a.counts, b.counts, strict=True)])

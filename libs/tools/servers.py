@@ -208,9 +208,13 @@ def _workdir(workdir: Path | None, name: str) -> Path:
     return path
 
 
-def nats_server(port: int | None = None, workdir: Path | None = None) -> Server:
+def nats_server(
+    port: int | None = None, workdir: Path | None = None, monitor_port: int = 0
+) -> Server:
+    """A nats-server; ``monitor_port`` serves its monitoring (``/varz``...), 0 none."""
     port = port or free_port()
-    argv = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-m", "0"]
+    argv = [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)]
+    argv += ["-m", str(monitor_port)]
     return Server("nats", port, argv, _workdir(workdir, "nats"))
 
 

@@ -13,22 +13,54 @@ import pytest
 from libs.tools.servers import child_env
 
 
-def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
+def bench_printing(tmp_path: Path, *argv: str) -> tuple[dict[str, Any], str]:
+    """The figures ``--json`` wrote, and what the run printed."""
     out = tmp_path / "figures.json"
     command = [sys.executable, "-m", "libs.tools.cli", "bench", *argv, "--json", str(out)]
     finished = subprocess.run(command, env=child_env({}), capture_output=True, timeout=120)
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
-    return dict(json.loads(out.read_text()))
+    return dict(json.loads(out.read_text())), finished.stdout.decode()
+
+
+def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
+    return bench_printing(tmp_path, *argv)[0]
 
 
 @pytest.mark.slow
 def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: Path) -> None:
-    figures = bench(tmp_path, "latency", "--streams", "5", "--tokens", "20", "--ramp-s", "0")
+    figures, printed = bench_printing(
+        tmp_path, "latency", "--streams", "5", "--tokens", "20", "--ramp-s", "0"
+    )
     assert figures["tokens_delivered"] == figures["tokens_expected"] == 100
     assert figures["errors"] == {}
     delivery = figures["delivery_ms"]
     assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] > 0
     assert isinstance(figures["client_cpu"], float) and figures["client_cpu"] >= 0  # 10 ms ticks
+    ledger = figures["ledger"]
+    assert ledger["streams_opened"] == 5 and ledger["tokens_generated"] == 100
+    per_stream = ledger["per_stream"]
+    assert per_stream["nats_messages_in"] > 0 and per_stream["nats_messages_out"] > 0
+    assert per_stream["redis_commands"] > 0
+    assert per_stream["cpu_ms"] >= 0 and ledger["per_token"]["cpu_us"] >= 0  # 10 ms ticks
+    assert set(ledger["cpu_ms"]) == {
+        "nats",
+        "redis",
+        "coordinator",
+        "runner",
+        "streamer",
+        "gateway",
+    }
+    hops = ledger["token_hops_ms"]
+    assert list(hops) == ["committed", "logged", "published", "received", "written"]
+    assert all(hop["n"] > 0 and 0 < hop["p50"] <= hop["p99"] for hop in hops.values())
+    # the runner records its three hops of the same tokens in turn; a streamer writes a
+    # token only once it has been logged
+    assert hops["committed"]["p50"] <= hops["logged"]["p50"] <= hops["published"]["p50"]
+    assert hops["written"]["p50"] >= hops["committed"]["p50"]
+    assert "cost per stream opened (5 streams): " in printed
+    assert "cost per token generated (100 tokens): " in printed
+    hop_lines = [text.split()[0] for text in printed.splitlines() if "  n=" in text]
+    assert hop_lines == list(hops)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """``sluice bench``: measure the whole suite as a client sees it. Without ``--gateway``
 a mode starts its own NATS, Redis and four services (as ``sluice dev`` does), reports
-what each of them cost in CPU over the run, and stops them afterwards; with it, it
-drives a running suite.
+what each of them cost in CPU over the run and what a stream and a token cost the suite
+(its cost ledger), and stops them afterwards; with it, it drives a running suite.
 
 Each mode lives in its own module with ``add_arguments(parser)`` and
 ``run(args, gateway) -> dict``, and may set ``SUITE_ENV`` for the suite it starts (or
@@ -21,12 +21,14 @@ from pathlib import Path
 from types import ModuleType
 
 from libs.tools import helptext
+from libs.tools.bench.ledger import Sources, ledger
+from libs.tools.bench.stats import write_json
 from libs.tools.bench.usage import cpu_shares, format_shares
 from libs.tools.clusters import nats_cluster, redis_cluster
-from libs.tools.servers import Server, nats_server, redis_server
+from libs.tools.servers import Server, free_port, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"plots", "reader", "stats", "usage", "weather_clients"})
+SUPPORT_MODULES = frozenset({"ledger", "plots", "reader", "stats", "usage", "weather_clients"})
 
 
 def modes() -> list[str]:
@@ -43,6 +45,7 @@ def _module(mode: str) -> ModuleType:
 class Suite:
     stack: Stack
     servers: list[Server]
+    nats_monitor_ports: list[int]
 
     def pids(self) -> dict[str, int]:
         """Every process of the suite by name (replicas numbered), for :func:`cpu_shares`."""
@@ -54,6 +57,15 @@ class Suite:
                 key = name if name not in pids else f"{name}-{process.pid}"
                 pids[key] = process.pid
         return pids
+
+    def sources(self) -> Sources:
+        """Where its cost ledger is read."""
+        return Sources(
+            services=[service.url for service in self.stack.services],
+            pids=self.pids(),
+            nats_monitor_ports=self.nats_monitor_ports,
+            redis_ports=[server.port for server in self.servers if server.name == "redis"],
+        )
 
 
 @contextmanager
@@ -69,15 +81,17 @@ def own_suite(env: dict[str, str], servers: str = "single") -> Iterator[Suite]:
         nats_nodes = nats_cluster(workdir / "nats").start()
         redis_nodes = redis_cluster(workdir / "redis").start()
         started = [node.server for node in nats_nodes.nodes] + redis_nodes.nodes
+        monitors = [node.monitor_port for node in nats_nodes.nodes]
         urls = nats_nodes.url, redis_nodes.url
         env["SLUICE_REDIS_CLUSTER"] = "1"
     else:
-        nats = nats_server(workdir=workdir / "nats").start()
+        monitors = [free_port()]
+        nats = nats_server(workdir=workdir / "nats", monitor_port=monitors[0]).start()
         redis = redis_server(workdir=workdir / "redis", appendonly=False).start()
         started, urls = [nats, redis], (nats.url, f"{redis.url}/0")
     stack = Stack(*urls, workdir, env=env)
     try:
-        yield Suite(stack.start(), started)
+        yield Suite(stack.start(), started, monitors)
     finally:
         stack.stop()
         for server in started:
@@ -114,6 +128,10 @@ def main(argv: list[str]) -> None:
         module.run(args, args.gateway)
         return
     with own_suite(getattr(module, "SUITE_ENV", {}), args.servers) as suite:
-        with cpu_shares(suite.pids()) as shares:
-            module.run(args, suite.stack.gateway)
+        with ledger(suite.sources()) as run, cpu_shares(suite.pids()) as shares:
+            result = module.run(args, suite.stack.gateway)
         print(f"\nsuite CPU over the run: {format_shares(shares)}")
+        if run.costs is not None:
+            print("\n".join(run.costs.lines()))
+            if args.json:
+                write_json({**result, "ledger": run.costs.figures()}, args.json)

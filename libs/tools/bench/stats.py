@@ -47,6 +47,10 @@ def emit(title: str, lines: list[str], result: dict[str, Any], json_path: str | 
     for text in lines:
         print(text)
     if json_path:
-        with open(json_path, "w") as out:
-            json.dump(result, out, indent=2, default=float)
+        write_json(result, json_path)
         print(f"  (raw figures written to {json_path})")
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    with open(path, "w") as out:
+        json.dump(result, out, indent=2, default=float)

@@ -29,6 +29,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
+def cpus_s(pids: dict[str, int]) -> dict[str, float]:
+    """:func:`cpu_s` of each named process; one that is gone is left out."""
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            used[name] = cpu_s(pid)
+        except OSError:
+            continue
+    return used
+
+
 def own_cpu_s() -> float:
     times = os.times()
     return times.user + times.system
@@ -39,14 +50,12 @@ def cpu_shares(pids: dict[str, int]) -> Iterator[dict[str, float]]:
     """Fill the yielded dict, at the end of the block, with each name's share of one core."""
     shares: dict[str, float] = {}
     started = time.monotonic()
-    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    before = cpus_s(pids)
     yield shares
     elapsed = time.monotonic() - started
-    for name, pid in pids.items():
-        try:
-            shares[name] = (cpu_s(pid) - before[name]) / elapsed
-        except OSError:
-            continue
+    for name, seconds in cpus_s(pids).items():
+        if name in before:
+            shares[name] = (seconds - before[name]) / elapsed
 
 
 def format_shares(shares: dict[str, float]) -> str:
