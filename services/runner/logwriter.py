@@ -32,9 +32,8 @@ from libs.common.tasks import cancel_and_wait
 from libs.common.wire import TokenBatch, tokens_codec
 from services.runner.window import FlushWindow
 
-import os
-IN_FLIGHT = int(os.environ.get("X_INFLIGHT", "4"))
-COMMIT_GAP_S = float(os.environ.get("X_GAP", "0.002"))
+IN_FLIGHT = 4
+COMMIT_GAP_S = 0.002
 MAX_PENDING_TOKENS = 8_192
 
 
