@@ -47,12 +47,13 @@ async def end_stream(
     stream_id: str,
     terminal: Done | Failed,
     attempt: int | None = None,
+    known_tenant: str | None = None,
     **fields: Unpack[MetaFields],
 ) -> bool:
     """Write the stream's end once and announce it; False if it had already ended.
 
     A runner passes its ``attempt``'s epoch: an attempt fenced by a continuation
-    cannot end the stream.
+    cannot end the stream; and the stream's tenant, ``known_tenant``, which saves a read.
     """
     status = fields["status"] = status_of(terminal)
     if isinstance(terminal, Done):
@@ -66,7 +67,7 @@ async def end_stream(
 
     async def write() -> None:
         nonlocal won
-        won = await store.finish(stream_id, terminal, payload, attempt, **fields)
+        won = await store.finish(stream_id, terminal, payload, attempt, known_tenant, **fields)
 
     await retry_forever(write, "log finish", stream_id)
     if not won:

@@ -291,7 +291,8 @@ class Generation:
         if isinstance(terminal, Done):
             fields["tokens_after_cancel"] = terminal.tokens_after_cancel
             fields["cancel_to_stop_ms"] = terminal.cancel_to_stop_ms
-        if await end_stream(self._nc, self._store, self.id, terminal, self.epoch, **fields):
+        tenant = self.submit.tenant
+        if await end_stream(self._nc, self._store, self.id, terminal, self.epoch, tenant, **fields):
             self._record(terminal)
 
     def _record(self, terminal: Done | Failed) -> None:
