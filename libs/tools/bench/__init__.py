@@ -26,7 +26,7 @@ from libs.tools.clusters import nats_cluster, redis_cluster
 from libs.tools.servers import Server, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"plots", "reader", "stats", "usage", "weather_clients"})
+SUPPORT_MODULES = frozenset({"bare", "plots", "reader", "stats", "usage", "weather_clients"})
 
 
 def modes() -> list[str]:
