@@ -85,6 +85,36 @@ def test_bench_floor_serves_the_same_frames_without_a_suite(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_bench_floor_through_log_and_bus_logs_every_token_before_relaying_it(
+    tmp_path: Path,
+) -> None:
+    figures = bench(
+        tmp_path,
+        "floor",
+        "--through",
+        "log,bus",
+        "--streams",
+        "4",
+        "--tokens",
+        "25",
+        "--tokens-per-s",
+        "200",
+        "--workers",
+        "1",
+        "--ramp-s",
+        "0",
+    )
+    assert figures["through"] == "log,bus" and figures["errors"] == {}
+    assert figures["tokens_delivered"] == 100
+    assert figures["logged"] == 100  # read back from Redis (XLEN) before it stopped
+    delivery, cpu = figures["delivery_ms"], figures["cpu"]
+    assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] > 0
+    assert figures["schedule_lag_ms"]["n"] == 100
+    assert isinstance(cpu, dict) and set(cpu) == {"emitter", "relay", "nats", "redis", "clients"}
+    assert all(share >= 0 for share in cpu.values())
+
+
+@pytest.mark.slow
 def test_bench_upstream_compares_the_direct_route_with_sluice(tmp_path: Path) -> None:
     figures = bench(
         tmp_path,

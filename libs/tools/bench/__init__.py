@@ -28,7 +28,9 @@ from libs.tools.clusters import nats_cluster, redis_cluster
 from libs.tools.servers import Server, free_port, nats_server, redis_server
 from libs.tools.stack import Stack
 
-SUPPORT_MODULES = frozenset({"ledger", "plots", "reader", "stats", "usage", "weather_clients"})
+SUPPORT_MODULES = frozenset(
+    {"bare", "ledger", "plots", "reader", "stats", "usage", "weather_clients"}
+)
 
 
 def modes() -> list[str]:
