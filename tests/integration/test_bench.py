@@ -84,6 +84,36 @@ def test_bench_floor_serves_the_same_frames_without_a_suite(tmp_path: Path) -> N
     assert all(share >= 0 for share in cpu.values())  # CPU time comes in 10 ms ticks
 
 
+PRIMITIVES = {
+    "pacing": {"client"},
+    "http_post": {"client", "peer"},
+    "http_post_keepalive": {"client", "peer"},
+    "sse_get": {"client", "peer"},
+    "nats_request": {"client", "peer", "server"},
+    "nats_publish": {"client", "peer", "server"},
+    "nats_publish_batched": {"client", "peer", "server"},
+    "nats_sub_unsub": {"client", "server"},
+    "redis_hset": {"client", "server"},
+    "redis_evalsha": {"client", "server"},
+    "redis_sequential": {"client", "server"},
+    "redis_pipelined": {"client", "server"},
+}
+
+
+@pytest.mark.slow
+def test_bench_primitives_reports_each_building_blocks_cpu_for_every_party(
+    tmp_path: Path,
+) -> None:
+    figures = bench(tmp_path, "primitives", "--ops", "50")
+    rows = figures["rows"]
+    assert isinstance(rows, list)
+    assert {row["key"]: set(row["us_per_op"]) for row in rows} == PRIMITIVES
+    for row in rows:
+        assert row["ops"] == (64 if row["key"] == "nats_publish_batched" else 50), row
+        assert all(us > 0 for us in row["us_per_op"].values()), row
+        assert row["total_us"] == pytest.approx(sum(row["us_per_op"].values()))
+
+
 @pytest.mark.slow
 def test_bench_floor_through_log_and_bus_logs_every_token_before_relaying_it(
     tmp_path: Path,
