@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+from libs.common import tracing
 from libs.common.metrics import HISTOGRAM_BUCKETS, zero_counters
 
 _configured = False
@@ -94,6 +95,7 @@ def setup_telemetry(service: str, enabled: bool = True) -> None:
             readers.append(PeriodicExportingMetricReader(metric_exporter))
         if _exporting("TRACES"):
             tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+            tracing.export_spans()
     exemplars = (
         None if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
     )
