@@ -154,7 +154,7 @@ token_hop = _meter.create_histogram(
     description=(
         "Time since the model emitted a token, at each hop of its way: committed (taken into"
         " a log commit), logged, published, received (by a streamer), written (to a client);"
-        f" tokens numbered 1, {PER_TOKEN_SAMPLE + 1}, {2 * PER_TOKEN_SAMPLE + 1}... of each stream"
+        f" tokens numbered {PER_TOKEN_SAMPLE}, {2 * PER_TOKEN_SAMPLE}... of each stream"
     ),
 )
 HOPS = ("committed", "logged", "published", "received", "written")
@@ -223,9 +223,10 @@ def hop_sampled(first: int, count: int) -> bool:
     """Whether tokens ``first``..``first + count - 1`` hold one whose hops are recorded.
 
     Chosen by token number, so every process records the same tokens' hops and the
-    figures of one hop can be set against the next.
+    figures of one hop can be set against the next; from the 64th on, so that short
+    answers (one record costs as much as a token's whole trip) pay nothing.
     """
-    return count > 0 and (first + count - 2) // PER_TOKEN_SAMPLE != (first - 2) // PER_TOKEN_SAMPLE
+    return count > 0 and (first + count - 1) // PER_TOKEN_SAMPLE != (first - 1) // PER_TOKEN_SAMPLE
 
 
 def record_hop(hop: str, emitted_ns: int, now_ns: int) -> None:

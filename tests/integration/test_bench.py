@@ -29,15 +29,24 @@ def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
 @pytest.mark.slow
 def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: Path) -> None:
     figures, printed = bench_printing(
-        tmp_path, "latency", "--streams", "5", "--tokens", "20", "--ramp-s", "0"
-    )
-    assert figures["tokens_delivered"] == figures["tokens_expected"] == 100
+        tmp_path,
+        "latency",
+        "--streams",
+        "5",
+        "--tokens",
+        "64",
+        "--tokens-per-s",
+        "200",
+        "--ramp-s",
+        "0",
+    )  # 64 tokens: a stream's hops are recorded from its 64th token on
+    assert figures["tokens_delivered"] == figures["tokens_expected"] == 320
     assert figures["errors"] == {}
     delivery = figures["delivery_ms"]
-    assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] > 0
+    assert isinstance(delivery, dict) and delivery["n"] == 320 and delivery["p50"] > 0
     assert isinstance(figures["client_cpu"], float) and figures["client_cpu"] >= 0  # 10 ms ticks
     ledger = figures["ledger"]
-    assert ledger["streams_opened"] == 5 and ledger["tokens_generated"] == 100
+    assert ledger["streams_opened"] == 5 and ledger["tokens_generated"] == 320
     per_stream = ledger["per_stream"]
     assert per_stream["nats_messages_in"] > 0 and per_stream["nats_messages_out"] > 0
     assert per_stream["redis_commands"] > 0
@@ -58,7 +67,7 @@ def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: P
     assert hops["committed"]["p50"] <= hops["logged"]["p50"] <= hops["published"]["p50"]
     assert hops["written"]["p50"] >= hops["committed"]["p50"]
     assert "cost per stream opened (5 streams): " in printed
-    assert "cost per token generated (100 tokens): " in printed
+    assert "cost per token generated (320 tokens): " in printed
     hop_lines = [text.split()[0] for text in printed.splitlines() if "  n=" in text]
     assert hop_lines == list(hops)
 
