@@ -470,5 +470,6 @@ class Coordinator:
 
     def _count_runners(self) -> None:
         alive = len(self.registry.runners)
-        metrics.runners_alive.add(alive - self._runner_count)
-        self._runner_count = alive
+        if alive != self._runner_count:  # a heartbeat a few ms apart: record changes only
+            metrics.runners_alive.add(alive - self._runner_count)
+            self._runner_count = alive
