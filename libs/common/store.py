@@ -20,6 +20,7 @@ from redis.crc import key_slot
 
 from libs.common import names
 from libs.common.connections import RedisClient
+from libs.common.direct_redis import DirectRedis
 from libs.common.settings import Settings
 from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
 
@@ -220,19 +221,38 @@ def _entry_payload(fields: dict[Any, Any] | None) -> bytes:
     return bytes((fields or {})[b"m"])
 
 
+def _raw_entry_payload(fields: list[bytes]) -> bytes:
+    """The payload of an entry as Redis sends it: ``[b"m", payload]``."""
+    return _entry_payload(dict(zip(fields[::2], fields[1::2], strict=True)))
+
+
+def _flat(fields: dict[Any, Any]) -> list[Any]:
+    return [item for pair in fields.items() for item in pair]
+
+
 def stream_store(redis: RedisClient, settings: Settings) -> StreamStore:
-    """The store as every service configures it."""
+    """The store as every service configures it: its hot paths on a direct connection
+    where the server allows one (one server, plain TCP, no replicas to wait for)."""
+    direct = None
+    if not settings.redis_cluster and not settings.log_sync_replicas:
+        direct = DirectRedis.from_url(settings.redis_url)
     return StreamStore(
         redis,
         settings.log_ttl_s,
         settings.log_maxlen,
         sync_replicas=settings.log_sync_replicas,
         sync_timeout_ms=settings.log_sync_timeout_ms,
+        direct=direct,
     )
 
 
 class StreamStore:
-    """Reads and writes one stream's log and meta; shared by every service."""
+    """Reads and writes one stream's log and meta; shared by every service.
+
+    With ``direct`` (:mod:`libs.common.direct_redis`), opening a stream, reading its
+    meta and log, committing tokens and ending it go down that connection, and the
+    rest through ``redis``, the same server.
+    """
 
     def __init__(
         self,
@@ -241,8 +261,10 @@ class StreamStore:
         maxlen: int,
         sync_replicas: int = 0,
         sync_timeout_ms: int = 1000,
+        direct: DirectRedis | None = None,
     ) -> None:
         self.redis = redis
+        self.direct = direct
         self.cluster = isinstance(redis, aioredis.RedisCluster)
         self.sync_replicas = sync_replicas
         self.sync_timeout_ms = sync_timeout_ms
@@ -270,15 +292,15 @@ class StreamStore:
         if meta.conversation_id:
             keys.append(names.conversation_key(meta.tenant, meta.conversation_id))
         args: list[str | int] = [stream_id, limit, self.ttl_s]
-        pipe = self._pipeline()
-        pipe.hset(meta_key, mapping=_as_fields(msgspec.to_builtins(meta)))
-        pipe.expire(meta_key, self.ttl_s * 24)
-        if self.cluster:  # the tenant's keys live on another node: after the meta, not beside
-            await pipe.execute()
-            admitted, active, previous = await self._admit(keys=keys, args=args)
-        else:  # one connection runs a pipeline in order: still the meta first
-            pipe.execute_command("EVAL", _ADMIT, len(keys), *keys, *args)
-            _, _, (admitted, active, previous) = await pipe.execute()
+        fields = _as_fields(msgspec.to_builtins(meta))
+        if self.direct is not None:
+            _, _, (admitted, active, previous) = await self.direct.execute(
+                ("HSET", meta_key, *_flat(fields)),
+                ("EXPIRE", meta_key, self.ttl_s * 24),
+                ("EVAL", _ADMIT, len(keys), *keys, *args),
+            )
+        else:
+            admitted, active, previous = await self._admit_pipelined(meta_key, fields, keys, args)
         if not admitted:
             await self.redis.delete(meta_key)
         return Admission(
@@ -287,8 +309,26 @@ class StreamStore:
             previous=None if previous is None else _text(previous),
         )
 
+    async def _admit_pipelined(
+        self, meta_key: str, fields: dict[Any, Any], keys: list[str], args: list[str | int]
+    ) -> list[Any]:
+        pipe = self._pipeline()
+        pipe.hset(meta_key, mapping=fields)
+        pipe.expire(meta_key, self.ttl_s * 24)
+        if self.cluster:  # the tenant's keys live on another node: after the meta, not beside
+            await pipe.execute()
+            result: list[Any] = await self._admit(keys=keys, args=args)
+            return result
+        # one connection runs a pipeline in order: still the meta first
+        pipe.execute_command("EVAL", _ADMIT, len(keys), *keys, *args)
+        return list((await pipe.execute())[2])
+
     async def meta(self, stream_id: str) -> StreamMeta | None:
-        raw = await self.redis.hgetall(names.meta_key(stream_id))
+        if self.direct is not None:
+            flat = await self.direct.call("HGETALL", names.meta_key(stream_id))
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            raw = await self.redis.hgetall(names.meta_key(stream_id))
         if not raw:
             return None
         fields = {_text(k): _text(v) for k, v in raw.items()}
@@ -334,6 +374,8 @@ class StreamStore:
         is sent on, so the script and the ``WAIT`` go down one connection, pipelined.
         """
         if not self.sync_replicas:
+            if self.direct is not None:
+                return await self.direct.call("EVAL", script.script, len(keys), *keys, *args)
             return await script(keys=keys, args=args)
         if isinstance(self.redis, aioredis.RedisCluster):
             await self.redis.initialize()
@@ -392,10 +434,12 @@ class StreamStore:
         to the runner that started first. A continuation (``epoch`` > 0) records where
         it took over and, if it ``regenerates`` the logged tokens, counts them.
         """
-        result = await self._start(
-            keys=[names.meta_key(stream_id), names.log_key(stream_id)],
-            args=[runner_id, time.time_ns(), epoch, int(regenerates)],
-        )
+        keys = [names.meta_key(stream_id), names.log_key(stream_id)]
+        args: list[Any] = [runner_id, time.time_ns(), epoch, int(regenerates)]
+        if self.direct is not None:
+            result = await self.direct.call("EVAL", _START, len(keys), *keys, *args)
+        else:
+            result = await self._start(keys=keys, args=args)
         if result is None:
             return None
         reason, requested, logged, handoffs, recomputed, started = result
@@ -442,7 +486,7 @@ class StreamStore:
             known = await self.redis.hget(meta_key, "tenant")
             tenant = None if known is None else _text(known)
         keys = [meta_key, names.log_key(stream_id)]
-        pairs = [item for pair in _meta_fields(fields).items() for item in pair]
+        pairs = _flat(_meta_fields(fields))
         args: list[Any] = [
             time.time_ns(),
             payload,
@@ -456,6 +500,11 @@ class StreamStore:
         if self.cluster or self.sync_replicas:
             await self.redis.srem(release, stream_id)
             return bool(await self._durably(self._finish, keys, args))
+        if self.direct is not None:
+            _, won = await self.direct.execute(
+                ("SREM", release, stream_id), ("EVAL", _FINISH, len(keys), *keys, *args)
+            )
+            return bool(won)
         pipe = self._pipeline()
         pipe.srem(release, stream_id)
         pipe.execute_command("EVAL", _FINISH, len(keys), *keys, *args)
@@ -470,9 +519,11 @@ class StreamStore:
         self, stream_id: str, after_seq: int, count: int = READ_CHUNK
     ) -> list[TokensMessage]:
         """Log entries after token ``after_seq``, in order, at most ``count``."""
-        entries = await self.redis.xrange(
-            names.log_key(stream_id), min=f"(0-{after_seq}", max="+", count=count
-        )
+        key, start = names.log_key(stream_id), f"(0-{after_seq}"
+        if self.direct is not None:
+            raw = await self.direct.call("XRANGE", key, start, "+", "COUNT", count)
+            return [tokens_codec.decode(_raw_entry_payload(fields)) for _, fields in raw]
+        entries = await self.redis.xrange(key, min=start, max="+", count=count)
         return [tokens_codec.decode(_entry_payload(fields)) for _, fields in entries or ()]
 
     async def logged_batches(self, stream_id: str) -> list[TokenBatch]:
