@@ -62,13 +62,14 @@ class Channel:
         self.slice = 0
         self._last_token = 0.0
         self._moved_after = 0.0  # when the last token before a continuation arrived
+        self.ended = False  # its terminal message went by: no runner needs its leases
 
     def on_message(self, subject: str, data: bytes) -> None:
         if subject.endswith(".tokens"):
             message = tokens_codec.decode(data)
-            if type(message) is TokenBatch and metrics.hop_sampled(
-                message.first, len(message.texts)
-            ):
+            if type(message) is not TokenBatch:
+                self.ended = True
+            elif metrics.hop_sampled(message.first, len(message.texts)):
                 metrics.record_hop("received", message.ts, time.time_ns())
             self._last_token = time.monotonic()
             if self._moved_after:
@@ -181,7 +182,8 @@ class Hub:
         if not channel.readers:
             del self.channels[reader.stream_id]
             del self._slices[channel.slice][reader.stream_id]
-            await self._renew(channel)  # readers=0: the runner's abandon clock starts now
+            if not channel.ended:  # readers=0: the runner's abandon clock starts now
+                await self._renew(channel)
             if channel.subscription is not None:
                 await best_effort.unsubscribe(channel.subscription, reader.stream_id)
 
