@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high", type=int, default=1000, help="most streams to try")
     parser.add_argument("--step", type=int, default=50, help="the answer's resolution")
     parser.add_argument("--floor", action="store_true", help="search bare sockets, not sluice")
+    floor.add_through(parser)
 
 
 def within(result: dict[str, Any], bound_ms: float) -> bool:
@@ -86,7 +87,10 @@ def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
     else:
         with own_suite(connections.SUITE_ENV) as suite:
             best = search(measure_with(latency.run, suite.stack.gateway), *bounds)
-    target = "bare sockets (no sluice)" if args.floor else "sluice"
+    target = "sluice"
+    if args.floor:
+        hops = "" if args.through == "none" else f" through {args.through}"
+        target = f"bare sockets{hops} (no sluice)"
     result = {
         "mode": "capacity",
         "target": "floor" if args.floor else "suite",

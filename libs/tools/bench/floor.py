@@ -58,6 +58,11 @@ HOPS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     latency.add_arguments(parser)
     parser.set_defaults(streams=1000, tokens=500, ramp_s=5.0, workers=2)
+    add_through(parser)
+
+
+def add_through(parser: argparse.ArgumentParser) -> None:
+    """``--through``: the floor's hops (``capacity --floor`` searches with it too)."""
     parser.add_argument(
         "--through",
         choices=tuple(HOPS),
@@ -316,7 +321,7 @@ def _logged(server: Server) -> int:
 
 
 def run(args: argparse.Namespace, gateway: str | None) -> dict[str, Any]:
-    through = getattr(args, "through", "none")  # capacity's search passes its own arguments
+    through = args.through
     context = multiprocessing.get_context("spawn")
     port = free_port()
     url = f"http://{HOST}:{port}/floor"
