@@ -8,7 +8,7 @@ the coordinator and the streamer. :class:`DirectRedis` keeps one connection and 
 each batch of commands as one packed write; replies come back in order and settle the
 callers' futures from ``data_received``, parsed by hiredis. Replies are raw: bytes,
 ints, lists and None, as redis-py returns them without its callbacks, and an error
-reply raises redis-py's ``ResponseError``. A lost connection fails what was in flight
+reply raises the exception redis-py would. A lost connection fails what was in flight
 with redis-py's ``ConnectionError`` (callers already retry it) and the next call
 connects again; a reply overdue past ``timeout_s`` is treated as a lost connection.
 
@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.exceptions
+from redis._parsers.base import BaseParser  # redis-py's map of error replies to exceptions
 
 Command = Sequence[str | bytes | int | float]
 
@@ -109,7 +110,7 @@ class DirectRedis:
         if setup:
             try:
                 await connection.execute(setup)
-            except redis.exceptions.ResponseError:
+            except redis.exceptions.RedisError:
                 connection.close("refused")  # the next call connects and tries again
                 raise
         return connection
@@ -192,7 +193,9 @@ def _pack(commands: Sequence[Command]) -> bytes:
     return b"".join(pack(tuple(command)) for command in commands)
 
 
-def _response_error(message: str) -> redis.exceptions.ResponseError:
-    if message.startswith("NOSCRIPT"):
-        return redis.exceptions.NoScriptError(message)
-    return redis.exceptions.ResponseError(message)
+def _response_error(message: str) -> redis.exceptions.RedisError:
+    """The exception redis-py raises for this error reply: ``LOADING`` (a restarted server
+    reading its data) is a ``BusyLoadingError``, a ``ConnectionError`` callers retry."""
+    parse: Any = BaseParser.parse_error  # untyped in redis-py
+    error: redis.exceptions.RedisError = parse(message)
+    return error

@@ -86,7 +86,7 @@ async def test_a_password_is_sent_before_any_command(tmp_path: Path) -> None:
         right = DirectRedis.from_url(f"redis://:s3cret@127.0.0.1:{locked.port}/1")
         assert wrong is not None and right is not None
         for _ in range(2):  # refused each time, never a command sent unauthenticated
-            with pytest.raises(redis.exceptions.ResponseError, match=r"WRONGPASS|invalid"):
+            with pytest.raises(redis.exceptions.AuthenticationError):
                 await wrong.call("PING")
         assert await right.call("PING") == b"PONG"
         wrong.close()
@@ -130,6 +130,15 @@ async def test_a_server_that_stops_answering_fails_the_call_after_the_timeout() 
     finally:
         direct.close()
         listener.close()
+
+
+async def test_a_loading_server_is_a_busy_loading_error_callers_retry(
+    direct: DirectRedis,
+) -> None:
+    with pytest.raises(redis.exceptions.BusyLoadingError):
+        await direct.call("EVAL", "return redis.error_reply('LOADING loading the dataset')", 0)
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        await direct.call("EVAL", "return redis.error_reply('READONLY a replica')", 0)
 
 
 async def test_nothing_listening_is_a_connection_error() -> None:
