@@ -334,6 +334,15 @@ class StreamStore:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return msgspec.convert(fields, StreamMeta, strict=False)
 
+    async def status(self, stream_id: str) -> str | None:
+        """The stream's status alone; None if its meta is gone."""
+        key = names.meta_key(stream_id)
+        if self.direct is not None:
+            raw = await self.direct.call("HGET", key, "status")
+        else:
+            raw = await self.redis.hget(key, "status")
+        return None if raw is None else _text(raw)
+
     async def update(self, stream_id: str, **fields: Unpack[MetaFields]) -> None:
         await self.redis.hset(names.meta_key(stream_id), mapping=_meta_fields(fields))
 

@@ -115,6 +115,14 @@ def reader_for(request: web.Request, opening: Opening, sink: ClientSink, frames:
     )
 
 
+async def _started_meanwhile(store: StreamStore, reader: Reader) -> None:
+    """A stream queued when its meta was read may have started before the subscription
+    was in place, its ``running`` published to no one here: read the status once more."""
+    status = await store.status(reader.stream_id)
+    if status == "running":
+        reader.status(StatusChange(status=status))
+
+
 async def deliver(request: web.Request, reader: Reader, meta: StreamMeta) -> str:
     """Write the stream's status at once, then follow it live until it ends; why it stopped.
 
@@ -128,6 +136,8 @@ async def deliver(request: web.Request, reader: Reader, meta: StreamMeta) -> str
         with tracing.stream_span("deliver", reader.stream_id, context, SpanKind.SERVER):
             await reader.open(StatusChange(status=meta.status))
             async with request.app[HUB].reading(reader):
+                if meta.status == "queued":
+                    await _started_meanwhile(request.app[STORE], reader)
                 return await reader.serve()
     except ConnectionError:
         return "client_gone"
