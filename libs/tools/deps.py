@@ -23,9 +23,11 @@ TOOLS: dict[str, tuple[str, ...]] = {
 }
 IMAGE_TOOLS: dict[str, tuple[str, ...]] = {
     "podman": ("podman", "runc"),
+    "catatonit": ("catatonit",),
     "debootstrap": ("debootstrap",),
 }
-"""What ``make test-image`` adds: podman builds and runs the image on a debootstrapped base."""
+"""What ``make test-image`` adds: podman builds and runs the image on a debootstrapped base;
+compose's ``init: true`` runs podman's init, catatonit (only recommended by the package)."""
 APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-qq")
 
 

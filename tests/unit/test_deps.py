@@ -46,3 +46,9 @@ def test_image_deps_name_podman_and_debootstrap(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert deps.main(["--image"]) == 1
     assert "podman runc debootstrap" in capsys.readouterr().err
+
+
+def test_the_image_tools_bring_the_init_that_compose_asks_for() -> None:
+    compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
+    assert "init: true" in compose  # podman runs catatonit for it, a package of its own
+    assert "catatonit" in deps.packages(list(deps.IMAGE_TOOLS))
