@@ -45,7 +45,7 @@ def test_image_deps_name_podman_and_debootstrap(
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert deps.main(["--image"]) == 1
-    assert "podman runc debootstrap" in capsys.readouterr().err
+    assert "podman runc catatonit debootstrap" in capsys.readouterr().err
 
 
 def test_the_image_tools_bring_the_init_that_compose_asks_for() -> None:
