@@ -24,16 +24,21 @@ TOOLS: dict[str, tuple[str, ...]] = {
 IMAGE_TOOLS: dict[str, tuple[str, ...]] = {
     "podman": ("podman", "runc"),
     "catatonit": ("catatonit",),
+    "dnsname": ("golang-github-containernetworking-plugin-dnsname",),
     "debootstrap": ("debootstrap",),
 }
-"""What ``make test-image`` adds: podman builds and runs the image on a debootstrapped base;
-compose's ``init: true`` runs podman's init, catatonit (only recommended by the package)."""
+"""What ``make test-image`` adds: podman builds and runs the image on a debootstrapped base.
+Debian's podman neither depends on nor recommends what compose needs: catatonit, the init
+``init: true`` runs, and the CNI dnsname plugin, without which containers cannot resolve
+each other's service names."""
+LOCATIONS = {"dnsname": "/usr/lib/cni/dnsname"}
+"""Tools that are not commands on PATH, and where their package puts them."""
 APT_GET = ("apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-qq")
 
 
 def missing(table: dict[str, tuple[str, ...]] = TOOLS) -> list[str]:
-    """The tools of ``table`` that are not on PATH."""
-    return [tool for tool in table if shutil.which(tool) is None]
+    """The tools of ``table`` that are not on PATH (or where :data:`LOCATIONS` says)."""
+    return [tool for tool in table if shutil.which(LOCATIONS.get(tool, tool)) is None]
 
 
 def packages(tools: list[str]) -> list[str]:

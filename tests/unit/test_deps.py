@@ -45,10 +45,27 @@ def test_image_deps_name_podman_and_debootstrap(
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert deps.main(["--image"]) == 1
-    assert "podman runc catatonit debootstrap" in capsys.readouterr().err
+    assert (
+        "podman runc catatonit golang-github-containernetworking-plugin-dnsname debootstrap"
+        in capsys.readouterr().err
+    )
 
 
-def test_the_image_tools_bring_the_init_that_compose_asks_for() -> None:
+def test_the_image_tools_bring_what_compose_needs_of_podman() -> None:
     compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
     assert "init: true" in compose  # podman runs catatonit for it, a package of its own
-    assert "catatonit" in deps.packages(list(deps.IMAGE_TOOLS))
+    assert "nats://nats:4222" in compose  # service names resolve through CNI's dnsname
+    packages = deps.packages(list(deps.IMAGE_TOOLS))
+    assert {"catatonit", "golang-github-containernetworking-plugin-dnsname"} <= set(packages)
+
+
+def test_a_tool_that_is_no_command_is_looked_for_where_its_package_puts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for command in ("podman", "catatonit", "debootstrap"):
+        executable(tmp_path, command)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(deps.LOCATIONS, "dnsname", str(tmp_path / "cni" / "dnsname"))
+    assert deps.missing(deps.IMAGE_TOOLS) == ["dnsname"]
+    executable(tmp_path / "cni", "dnsname")
+    assert deps.missing(deps.IMAGE_TOOLS) == []
