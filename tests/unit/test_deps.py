@@ -43,6 +43,7 @@ def test_image_deps_name_podman_and_debootstrap(
 ) -> None:
     executable(tmp_path, "apt-get")
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(deps.LOCATIONS, "dnsname", str(tmp_path / "cni" / "dnsname"))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert deps.main(["--image"]) == 1
     assert (
