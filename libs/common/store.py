@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from libs.common import names
 from libs.common.connections import RedisClient
-from libs.common.direct_redis import DirectRedis
+from libs.common.direct_redis import Command, DirectRedis
 from libs.common.settings import Settings
 from libs.common.wire import Done, Failed, TokenBatch, TokensMessage, tokens_codec
 
@@ -293,14 +293,17 @@ class StreamStore:
             keys.append(names.conversation_key(meta.tenant, meta.conversation_id))
         args: list[str | int] = [stream_id, limit, self.ttl_s]
         fields = _as_fields(msgspec.to_builtins(meta))
-        if self.direct is not None:
-            _, _, (admitted, active, previous) = await self.direct.execute(
-                ("HSET", meta_key, *_flat(fields)),
-                ("EXPIRE", meta_key, self.ttl_s * 24),
-                ("EVAL", _ADMIT, len(keys), *keys, *args),
+        write_meta: list[Command] = [
+            ("HSET", meta_key, *_flat(fields)),
+            ("EXPIRE", meta_key, self.ttl_s * 24),
+        ]
+        if self.cluster:  # the tenant's keys live on another node: after the meta, not beside
+            await self._in_order(*write_meta)
+            admitted, active, previous = await self._admit(keys=keys, args=args)
+        else:  # one connection runs them in order: still the meta first
+            _, _, (admitted, active, previous) = await self._in_order(
+                *write_meta, ("EVAL", _ADMIT, len(keys), *keys, *args)
             )
-        else:
-            admitted, active, previous = await self._admit_pipelined(meta_key, fields, keys, args)
         if not admitted:
             await self.redis.delete(meta_key)
         return Admission(
@@ -308,20 +311,6 @@ class StreamStore:
             active=int(active),
             previous=None if previous is None else _text(previous),
         )
-
-    async def _admit_pipelined(
-        self, meta_key: str, fields: dict[Any, Any], keys: list[str], args: list[str | int]
-    ) -> list[Any]:
-        pipe = self._pipeline()
-        pipe.hset(meta_key, mapping=fields)
-        pipe.expire(meta_key, self.ttl_s * 24)
-        if self.cluster:  # the tenant's keys live on another node: after the meta, not beside
-            await pipe.execute()
-            result: list[Any] = await self._admit(keys=keys, args=args)
-            return result
-        # one connection runs a pipeline in order: still the meta first
-        pipe.execute_command("EVAL", _ADMIT, len(keys), *keys, *args)
-        return list((await pipe.execute())[2])
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
         if self.direct is not None:
@@ -509,20 +498,23 @@ class StreamStore:
         if self.cluster or self.sync_replicas:
             await self.redis.srem(release, stream_id)
             return bool(await self._durably(self._finish, keys, args))
-        if self.direct is not None:
-            _, won = await self.direct.execute(
-                ("SREM", release, stream_id), ("EVAL", _FINISH, len(keys), *keys, *args)
-            )
-            return bool(won)
-        pipe = self._pipeline()
-        pipe.srem(release, stream_id)
-        pipe.execute_command("EVAL", _FINISH, len(keys), *keys, *args)
-        _, won = await pipe.execute()
+        _, won = await self._in_order(
+            ("SREM", release, stream_id), ("EVAL", _FINISH, len(keys), *keys, *args)
+        )
         return bool(won)
 
-    def _pipeline(self) -> Any:
-        """A pipeline without MULTI: commands in order on one connection (per node)."""
-        return self.redis.pipeline() if self.cluster else self.redis.pipeline(transaction=False)
+    async def _in_order(self, *commands: Command) -> list[Any]:
+        """Commands of one node in one round trip, run in order: down the direct
+        connection, else a redis-py pipeline without MULTI. Replies are raw either way
+        (only ``HSET``, ``EXPIRE``, ``SREM`` and scripts go here)."""
+        if self.direct is not None:
+            return await self.direct.execute(*commands)
+        pipe: Any = (
+            self.redis.pipeline() if self.cluster else self.redis.pipeline(transaction=False)
+        )
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
 
     async def read(
         self, stream_id: str, after_seq: int, count: int = READ_CHUNK

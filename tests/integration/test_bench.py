@@ -72,20 +72,12 @@ def test_bench_latency_starts_its_own_suite_and_delivers_every_token(tmp_path: P
     assert hop_lines == list(hops)
 
 
+FLOOR_RUN = ("--streams", "4", "--tokens", "25", "--tokens-per-s", "200", "--ramp-s", "0")
+
+
 @pytest.mark.slow
 def test_bench_floor_serves_the_same_frames_without_a_suite(tmp_path: Path) -> None:
-    figures = bench(
-        tmp_path,
-        "floor",
-        "--streams",
-        "4",
-        "--tokens",
-        "25",
-        "--tokens-per-s",
-        "200",
-        "--ramp-s",
-        "0",
-    )
+    figures = bench(tmp_path, "floor", *FLOOR_RUN)
     assert figures["tokens_delivered"] == 100 and figures["errors"] == {}
     delivery, cpu = figures["delivery_ms"], figures["cpu"]
     assert isinstance(delivery, dict) and delivery["n"] == 100 and delivery["p50"] >= 0
@@ -127,22 +119,7 @@ def test_bench_primitives_reports_each_building_blocks_cpu_for_every_party(
 def test_bench_floor_through_log_and_bus_logs_every_token_before_relaying_it(
     tmp_path: Path,
 ) -> None:
-    figures = bench(
-        tmp_path,
-        "floor",
-        "--through",
-        "log,bus",
-        "--streams",
-        "4",
-        "--tokens",
-        "25",
-        "--tokens-per-s",
-        "200",
-        "--workers",
-        "1",
-        "--ramp-s",
-        "0",
-    )
+    figures = bench(tmp_path, "floor", "--through", "log,bus", "--workers", "1", *FLOOR_RUN)
     assert figures["through"] == "log,bus" and figures["errors"] == {}
     assert figures["tokens_delivered"] == 100
     assert figures["logged"] == 100  # read back from Redis (XLEN) before it stopped
