@@ -181,7 +181,7 @@ class Runner:
         Soon (``SLOT_BEAT_DELAY_S``) when their view of this runner's free slots (the
         last heartbeat's, less the starts since) is low, as streams may wait for one;
         otherwise lazily (``SLOT_BEAT_LAZY_S``): a beat costs the runner, NATS and every
-        coordinator ~0.2 ms of CPU, and a burst of short streams sent dozens a second.
+        coordinator CPU, and a burst of short streams sent dozens a second.
         """
         viewed_free = self._announced_free - self._started_since_beat
         low = viewed_free <= self.settings.runner_slots // 8
